@@ -1,0 +1,81 @@
+# uuidlock — see README.md.  `make`, `make check`, `make demo`, `make clean`.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+# Diagnostics are cut to fit their buffers on purpose: no truncation warnings.
+WARN    := -Wall -Wextra -Werror -Wno-format-truncation
+# gnulib's header-only modules straight from Debian's package.  -idirafter,
+# not -I: that folder also holds regex.h, error.h ... which must not shadow
+# glibc's.  Never -D_FILE_OFFSET_BITS=64: it would redirect fcntl to fcntl64
+# and define our wrapper twice.
+GNULIB  := /usr/share/gnulib/lib
+CPPFLAGS_ALL := -std=gnu11 -D_GNU_SOURCE -idirafter $(GNULIB) $(WARN)
+PIC     := -fPIC -fvisibility=hidden
+
+CORE_SRC := $(wildcard src/core/*.c)
+SHIM_SRC := $(wildcard src/shim/*.c)
+KEEPER_SRC := src/keeper/keeper.c
+HEADERS := $(wildcard src/*/*.h)
+
+# The calls the shim interposes.  No object may call one of them by name:
+# the core uses raw system calls, the shim goes through REAL().
+INTERPOSED := flock fcntl fcntl64 __fcntl lockf lockf64 close fclose dup dup2 dup3 close_range closefrom
+
+# Debian packages that building, testing and the demo need.
+DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-linux \
+	sqlite3 python3 perl strace procps psmisc libclang-rt-14-dev
+
+.PHONY: all asan check demo clean deps
+all: build/libuuidlock_shim.so build/uuidlock-keeper build/lockdrv
+
+# ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
+define flavour
+$(1)/obj/%.o: src/%.c $(HEADERS) | deps-headers
+	@mkdir -p $$(dir $$@)
+	$(CC) $(CPPFLAGS_ALL) $(PIC) $(CFLAGS) $(2) -c -o $$@ $$<
+
+$(1)/libuuidlock_shim.so: $(patsubst src/%.c,$(1)/obj/%.o,$(CORE_SRC) $(SHIM_SRC)) src/shim/shim.map
+	$(CC) -shared $(CFLAGS) $(2) -Wl,--version-script=src/shim/shim.map -Wl,-z,defs \
+		-o $$@ $$(filter %.o,$$^) -luuid -ldl -lpthread
+	@sh tests/check-symbols.sh $$@ "$(INTERPOSED)" $$(filter %.o,$$^)
+
+$(1)/uuidlock-keeper: $(patsubst src/%.c,$(1)/obj/%.o,$(CORE_SRC) $(KEEPER_SRC))
+	$(CC) $(CFLAGS) $(2) -o $$@ $$^ -luuid
+endef
+
+SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+$(eval $(call flavour,build,))
+$(eval $(call flavour,build/asan,$(SAN)))
+
+asan: build/asan/libuuidlock_shim.so build/asan/uuidlock-keeper
+
+build/lockdrv: tests/lockdrv.c | deps-headers
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
+
+# The headers we compile against must be there before any compilation.
+.PHONY: deps-headers
+deps-headers:
+	@test -f /usr/include/uuid/uuid.h -a -f $(GNULIB)/intprops.h || $(MAKE) --no-print-directory deps
+
+# ---- Debian packages: installed when we are root, else named ----
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+		echo "missing Debian packages; run as root:  apt-get install $$missing" >&2; exit 1; \
+	fi
+
+check: deps all asan
+	@tests/run.sh
+
+demo: deps all
+	@tests/demo.sh
+
+clean:
+	rm -rf build

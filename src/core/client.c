@@ -1,0 +1,172 @@
+#include "client.h"
+
+#include "sys.h"
+#include "timeutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CONNECT_PATIENCE_NS (5 * NS_PER_SEC)
+#define SPAWN_AGAIN_NS (250 * NS_PER_MS)
+
+static int fail(struct keeper_reply *rep, int err, const char *fmt, const char *arg)
+{
+	snprintf(rep->message, sizeof rep->message, fmt, arg, strerror(err));
+	return err;
+}
+
+/* The runtime directory holds the keeper's socket: it must be ours alone. */
+static int ensure_runtime_dir(const char *dir, struct keeper_reply *rep)
+{
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return fail(rep, errno, "cannot create runtime directory %s: %s", dir);
+	struct stat st;
+	if (lstat(dir, &st) != 0)
+		return fail(rep, errno, "cannot use runtime directory %s: %s", dir);
+	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077) != 0)
+		return fail(rep, EPERM, "runtime directory %s must be a directory of ours with mode 0700: %s", dir);
+	return 0;
+}
+
+static int try_connect(const struct sockaddr_un *addr)
+{
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0)
+		return fd;
+	int err = errno;
+	sys_close(fd);
+	return -err;
+}
+
+/* Starts a keeper detached from the caller: new session, no inherited
+ * descriptors but a pipe on which it says "ready".  posix_spawn, unlike
+ * fork, runs none of the program's atfork handlers. */
+static void spawn_keeper(const struct config *c, const char *program)
+{
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC) != 0)
+		return;
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDWR, 0);
+	posix_spawn_file_actions_adddup2(&fa, 0, 1);
+	posix_spawn_file_actions_adddup2(&fa, 0, 2);
+	posix_spawn_file_actions_adddup2(&fa, ready[1], 3);
+	posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+	posix_spawnattr_init(&attr);
+	sigset_t none, all;
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+	char log_level[8];
+	snprintf(log_level, sizeof log_level, "%d", c->log_level);
+	char *argv[] = { (char *)program, "--runtime-dir", (char *)c->runtime_dir, "--log-level", log_level, NULL };
+	/* Only what a sanitizer build needs: the keeper must not inherit LD_PRELOAD. */
+	char *envp[4] = { "PATH=/usr/bin:/bin", NULL, NULL, NULL };
+	const char *keep[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
+	char envbuf[2][512];
+	for (unsigned i = 0, n = 1; i < 2; i++)
+		if (getenv(keep[i]) != NULL) {
+			snprintf(envbuf[i], sizeof envbuf[i], "%s=%s", keep[i], getenv(keep[i]));
+			envp[n++] = envbuf[i];
+		}
+
+	pid_t pid;
+	int err = posix_spawn(&pid, program, &fa, &attr, argv, envp);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	sys_close(ready[1]);
+	if (err == 0) {
+		/* The keeper forks once and its first process exits at once, so that
+		 * the running keeper is nobody's child; reap that first process. */
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		char byte;
+		while (read(ready[0], &byte, 1) < 0 && errno == EINTR)
+			;
+	}
+	sys_close(ready[0]);
+}
+
+/* Connects to the keeper, starting one if none answers.  Another process may
+ * be starting one at the same moment: the keeper's own lock file lets only
+ * one of them run, so we keep trying to connect for a while. */
+static int connect_keeper(const struct config *c, const char *program, bool may_start,
+			  struct keeper_reply *rep)
+{
+	int err = ensure_runtime_dir(c->runtime_dir, rep);
+	if (err != 0)
+		return -err;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", c->runtime_dir, KEEPER_SOCKET_NAME);
+
+	int64_t give_up = mono_ns() + CONNECT_PATIENCE_NS, next_spawn = 0;
+	for (;;) {
+		int fd = try_connect(&addr);
+		if (fd >= 0)
+			return fd;
+		if (fd != -ENOENT && fd != -ECONNREFUSED)
+			return -fail(rep, -fd, "cannot reach the keeper at %s: %s", addr.sun_path);
+		if (!may_start)
+			return -ENOENT;
+		/* A keeper that is shutting down still holds its lock file, so a new
+		 * one may refuse to start: try again now and then. */
+		if (mono_ns() >= next_spawn) {
+			if (access(program, X_OK) != 0)
+				return -fail(rep, errno, "cannot start the keeper %s: %s", program);
+			spawn_keeper(c, program);
+			next_spawn = mono_ns() + SPAWN_AGAIN_NS;
+			continue;
+		}
+		if (mono_ns() > give_up)
+			return -fail(rep, -fd, "the keeper did not start (%s): %s", addr.sun_path);
+		struct timespec pause = { 0, 10 * NS_PER_MS };
+		nanosleep(&pause, NULL);
+	}
+}
+
+int keeper_call(const struct config *c, const char *keeper_program,
+		const struct keeper_request *req, struct keeper_reply *rep)
+{
+	/* A keeper that exits (idle) or dies between our connect and its reply
+	 * leaves us an empty read: its state is gone, so asking again is safe. */
+	for (int attempt = 0; attempt < 3; attempt++) {
+		/* No keeper means nothing held: no need to start one to look. */
+		int fd = connect_keeper(c, keeper_program, req->op == KEEPER_ACQUIRE, rep);
+		if (fd < 0)
+			return -fd;
+		if (send(fd, req, sizeof *req, MSG_NOSIGNAL) != (ssize_t)sizeof *req) {
+			sys_close(fd);
+			continue;
+		}
+		/* A handler installed with SA_RESTART restarts recv() in the kernel,
+		 * one without makes it fail with EINTR: exactly as flock() behaves. */
+		ssize_t n = recv(fd, rep, sizeof *rep, 0);
+		int err = errno;
+		sys_close(fd);
+		if (n == (ssize_t)sizeof *rep) {
+			rep->message[sizeof rep->message - 1] = '\0';
+			return 0;
+		}
+		if (n < 0 && err == EINTR)
+			return EINTR;
+	}
+	snprintf(rep->message, sizeof rep->message, "the keeper in %s stopped answering", c->runtime_dir);
+	return EPIPE;
+}

@@ -1,0 +1,160 @@
+#include "config.h"
+
+#include "log.h"
+#include "timeutil.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <intprops.h>
+
+bool parse_seconds(const char *s, int64_t *ns)
+{
+	bool negative = (*s == '-');
+	if (negative)
+		s++;
+	int64_t whole = 0, frac = 0, scale = NS_PER_SEC;
+	bool digits = false;
+	for (; *s >= '0' && *s <= '9'; s++, digits = true)
+		if (INT_MULTIPLY_WRAPV(whole, 10, &whole) || INT_ADD_WRAPV(whole, *s - '0', &whole))
+			return false;
+	if (*s == '.')
+		for (s++; *s >= '0' && *s <= '9'; s++, digits = true)
+			if (scale > 1) {
+				scale /= 10;
+				frac += (*s - '0') * scale;
+			}
+	if (!digits || *s != '\0')
+		return false;
+	int64_t total;
+	if (INT_MULTIPLY_WRAPV(whole, NS_PER_SEC, &total) || INT_ADD_WRAPV(total, frac, &total))
+		return false;
+	*ns = negative ? -total : total;
+	return true;
+}
+
+static void bad(struct config *c, const char *var, const char *value, const char *why)
+{
+	log_error("%s=\"%s\" is invalid: %s; locks on managed files will fail", var, value, why);
+	c->invalid = true;
+}
+
+static void load_seconds(struct config *c, const char *var, int64_t *out, bool may_be_negative)
+{
+	const char *v = getenv(var);
+	if (v == NULL)
+		return;
+	int64_t ns;
+	if (!parse_seconds(v, &ns))
+		bad(c, var, v, "expected a number of seconds such as 0.5");
+	else if (ns < 0 && !may_be_negative)
+		bad(c, var, v, "must not be negative");
+	else
+		*out = ns < 0 ? -1 : ns;
+}
+
+static void load_text(struct config *c, const char *var, char *out, size_t cap, bool may_be_empty,
+		      const char *forbidden)
+{
+	const char *v = getenv(var);
+	if (v == NULL)
+		return;
+	if (strlen(v) >= cap)
+		bad(c, var, v, "too long");
+	else if (!may_be_empty && *v == '\0')
+		bad(c, var, v, "must not be empty");
+	else if (strpbrk(v, forbidden) != NULL)
+		bad(c, var, v, "contains a forbidden character (newline or '/')");
+	else
+		strcpy(out, v);
+}
+
+static void bad_path(struct config *c, const char *dir, const char *why)
+{
+	log_error("UUIDLOCK_PATHS: \"%s\" is invalid: %s; all lock calls will fail", dir, why);
+	c->paths_invalid = c->invalid = true;
+}
+
+static void add_managed_dir(struct config *c, const char *dir)
+{
+	if (dir[0] != '/')
+		return bad_path(c, dir, "not an absolute path");
+	if (c->ndirs == CONFIG_MAX_DIRS)
+		return bad_path(c, dir, "too many directories");
+	struct managed_dir *d = &c->dirs[c->ndirs];
+	struct stat st;
+	if (realpath(dir, d->path) == NULL || stat(d->path, &st) != 0)
+		return bad_path(c, dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return bad_path(c, dir, "not a directory");
+	d->len = strlen(d->path);
+	if (d->len == 1) /* "/": every path is below it */
+		d->len = 0;
+	d->dev = st.st_dev;
+	c->ndirs++;
+}
+
+static void load_paths(struct config *c)
+{
+	const char *v = getenv("UUIDLOCK_PATHS");
+	if (v == NULL)
+		return;
+	char dir[PATH_MAX];
+	for (const char *p = v; *p != '\0';) {
+		size_t n = strcspn(p, ":");
+		if (n >= sizeof dir) {
+			bad_path(c, p, "too long");
+		} else if (n > 0) {
+			memcpy(dir, p, n);
+			dir[n] = '\0';
+			add_managed_dir(c, dir);
+		}
+		p += n + (p[n] == ':');
+	}
+}
+
+static void load_runtime_dir(struct config *c)
+{
+	const char *v = getenv("UUIDLOCK_RUNTIME_DIR");
+	if (v == NULL) {
+		snprintf(c->runtime_dir, sizeof c->runtime_dir, "/tmp/uuidlock-%ld", (long)getuid());
+		return;
+	}
+	if (v[0] != '/')
+		bad(c, "UUIDLOCK_RUNTIME_DIR", v, "not an absolute path");
+	else
+		load_text(c, "UUIDLOCK_RUNTIME_DIR", c->runtime_dir, sizeof c->runtime_dir, false, "\n");
+}
+
+void config_load(struct config *c)
+{
+	*c = (struct config){
+		.verify_delay_ns = NS_PER_SEC,
+		.retry_interval_ns = NS_PER_SEC / 10,
+		.timeout_ns = -1,
+		.suffix = ".lock",
+		.log_level = LOG_WARN,
+	};
+	const char *level = getenv("UUIDLOCK_LOG");
+	if (level != NULL) {
+		int l = log_level_parse(level);
+		if (l < 0)
+			bad(c, "UUIDLOCK_LOG", level, "expected off, error, warn, info or debug");
+		else
+			c->log_level = l;
+	}
+	log_set_level(c->log_level);
+	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false);
+	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false);
+	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);
+	if (c->retry_interval_ns == 0)
+		c->retry_interval_ns = NS_PER_MS; /* never spin on the share */
+	load_text(c, "UUIDLOCK_PREFIX", c->prefix, sizeof c->prefix, true, "\n\r");
+	load_text(c, "UUIDLOCK_SUFFIX", c->suffix, sizeof c->suffix, false, "/\n");
+	load_runtime_dir(c);
+	load_paths(c);
+}

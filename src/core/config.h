@@ -1,0 +1,44 @@
+/* Configuration from UUIDLOCK_* environment variables, read once.
+ * Bad values are reported (one "uuidlock:" line naming the variable) and
+ * remembered, so that lock calls fail instead of running unprotected. */
+#ifndef UUIDLOCK_CONFIG_H
+#define UUIDLOCK_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONFIG_MAX_DIRS 16
+#define CONFIG_PREFIX_MAX 128
+#define CONFIG_SUFFIX_MAX 32
+#define RUNTIME_DIR_MAX 96 /* "/keeper.sock" must still fit in sun_path[108] */
+
+struct managed_dir {
+	char path[PATH_MAX]; /* resolved: no symlinks, no "..", no trailing '/' */
+	size_t len;
+	dev_t dev;
+};
+
+struct config {
+	int64_t verify_delay_ns;
+	int64_t retry_interval_ns;
+	int64_t timeout_ns; /* < 0: wait forever */
+	char prefix[CONFIG_PREFIX_MAX];
+	char suffix[CONFIG_SUFFIX_MAX];
+	char runtime_dir[RUNTIME_DIR_MAX];
+	int log_level;
+	unsigned ndirs;
+	struct managed_dir dirs[CONFIG_MAX_DIRS];
+	bool invalid;       /* a variable was bad: managed lock calls fail */
+	bool paths_invalid; /* UUIDLOCK_PATHS itself was bad: every lock call fails */
+};
+
+/* Reads the environment into *c, reporting every bad variable. */
+void config_load(struct config *c);
+
+/* Parses a locale-independent decimal number of seconds ("1", "0.25", "-1")
+ * into nanoseconds.  Returns false on junk or overflow. */
+bool parse_seconds(const char *s, int64_t *ns);
+
+#endif

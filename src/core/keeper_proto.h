@@ -1,0 +1,52 @@
+/* The messages between the shim and the keeper: one request and one reply
+ * per connection on a SOCK_SEQPACKET Unix socket in the runtime directory.
+ * Closing the connection before the reply cancels the request (that is how
+ * a signal or a dying process withdraws a blocking wait). */
+#ifndef UUIDLOCK_KEEPER_PROTO_H
+#define UUIDLOCK_KEEPER_PROTO_H
+
+#include "config.h"
+
+#include <limits.h>
+#include <stdint.h>
+
+#define KEEPER_PROTO_VERSION 1
+#define KEEPER_SOCKET_NAME "keeper.sock"
+#define KEEPER_LOCK_NAME "keeper.lock"
+#define KEEPER_PID_NAME "keeper.pid"
+#define KEEPER_PROGRAM_NAME "uuidlock-keeper"
+
+enum keeper_op {
+	KEEPER_ACQUIRE = 1, /* hold the sidecar for this host; reply when held */
+	KEEPER_CHECK = 2,   /* a local lock went away: release what no one holds */
+	KEEPER_PROBE = 3,   /* does another client hold this sidecar? (F_GETLK) */
+};
+
+enum keeper_status {
+	KEEPER_HELD = 1, /* this host holds the sidecar */
+	KEEPER_BUSY,     /* another holder has it (non-blocking request) */
+	KEEPER_TIMEOUT,  /* UUIDLOCK_TIMEOUT ran out */
+	KEEPER_FAILED,   /* the share refused: error and message say why */
+	KEEPER_DONE,     /* a check finished; a probe found the sidecar free */
+};
+
+struct keeper_request {
+	uint32_t version;
+	uint32_t op;
+	uint32_t nonblocking;
+	int32_t pid;
+	uint64_t dev, ino; /* the locked file, as /proc/locks names it */
+	int64_t verify_delay_ns;
+	int64_t retry_interval_ns;
+	int64_t timeout_ns;
+	char prefix[CONFIG_PREFIX_MAX];
+	char sidecar[PATH_MAX];
+};
+
+struct keeper_reply {
+	uint32_t status;
+	int32_t error;
+	char message[512];
+};
+
+#endif

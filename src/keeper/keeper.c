@@ -1,0 +1,603 @@
+/* uuidlock-keeper: holds this host's sidecars on the share.
+ *
+ * The kernel lock orders the processes of one host; the sidecar orders the
+ * hosts.  While any local process holds a kernel lock on file F, this host
+ * holds F's sidecar, and the keeper is the process that holds it:
+ *   - a shim that took a kernel lock asks for F (KEEPER_ACQUIRE); the keeper
+ *     answers at once if the host already holds F, else it runs the sidecar
+ *     protocol (create, verify delay, re-read, retry) and answers when held;
+ *   - when no lock on F is left in /proc/locks -- checked every retry interval
+ *     and at once when a shim reports an unlock or close (KEEPER_CHECK) -- it
+ *     releases the sidecar.  So a lock that outlives the process that took it
+ *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
+ *     holders all died loses it, without any code running in them.
+ * One keeper per runtime directory (per user), started on demand by the shim,
+ * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
+ * every step is short, waiting is done with timers, never with sleep. */
+#include "../core/keeper_proto.h"
+#include "../core/log.h"
+#include "../core/proclocks.h"
+#include "../core/sidecar.h"
+#include "../core/sys.h"
+#include "../core/timeutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <minmax.h>
+
+#define IDLE_EXIT_NS (30 * NS_PER_SEC)
+#define MIN_CHECK_NS (5 * NS_PER_MS)
+#define MAX_CHECK_NS (NS_PER_SEC)
+#define READY_FD 3
+#define MAX_INODES 8
+
+enum entry_state { WAITING, VERIFYING, HELD };
+
+/* One sidecar this host holds or wants. */
+struct entry {
+	struct sidecar_hold hold;
+	char prefix[CONFIG_PREFIX_MAX];
+	/* The locked file(s) behind this sidecar, as /proc/locks names them:
+	 * more than one if the file was replaced while locked. */
+	struct { uint64_t dev, ino; } inode[MAX_INODES];
+	unsigned ninodes;
+	enum entry_state state;
+	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
+	int64_t retry_ns, verify_ns;
+	struct sidecar_holder holder;
+	struct entry *next;
+};
+
+/* One connection: a request not yet answered. */
+struct conn {
+	int fd;
+	struct entry *entry; /* what it waits for, once its request is read */
+	bool nonblocking;
+	int64_t deadline; /* < 0: none */
+	struct conn *next;
+};
+
+static struct entry *entries;
+static struct conn *conns;
+static int listen_fd = -1;
+static volatile sig_atomic_t stop_requested;
+static int64_t next_check = -1;
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
+/* ---- replies ---------------------------------------------------------- */
+
+static void drop_conn(struct conn *c)
+{
+	for (struct conn **p = &conns; *p != NULL; p = &(*p)->next)
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	sys_close(c->fd);
+	free(c);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void reply(struct conn *c, enum keeper_status status, int error, const char *fmt, ...)
+{
+	struct keeper_reply r = { .status = status, .error = error };
+	if (fmt != NULL) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(r.message, sizeof r.message, fmt, ap);
+		va_end(ap);
+	}
+	/* A peer that went away just misses its answer. */
+	send(c->fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
+	drop_conn(c);
+}
+
+static unsigned count_waiters(const struct entry *e)
+{
+	unsigned n = 0;
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		n += (c->entry == e);
+	return n;
+}
+
+/* Answers every waiter of e (or only the non-blocking ones). */
+static void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_status status, int error,
+			  const char *message)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->entry == e && (c->nonblocking || !only_nonblocking))
+			reply(c, status, error, "%s", message);
+	}
+}
+
+/* ---- entries ---------------------------------------------------------- */
+
+static void free_entry(struct entry *e)
+{
+	for (struct entry **p = &entries; *p != NULL; p = &(*p)->next)
+		if (*p == e) {
+			*p = e->next;
+			break;
+		}
+	free(e);
+}
+
+static struct entry *find_entry(const char *sidecar)
+{
+	for (struct entry *e = entries; e != NULL; e = e->next)
+		if (strcmp(e->hold.path, sidecar) == 0)
+			return e;
+	return NULL;
+}
+
+static void schedule_check(int64_t now, int64_t interval)
+{
+	int64_t at = now + MAX(MIN_CHECK_NS, MIN(MAX_CHECK_NS, interval));
+	if (next_check < 0 || at < next_check)
+		next_check = at;
+}
+
+static void busy_message(const struct entry *e, char *out, size_t cap)
+{
+	char who[256];
+	sidecar_describe(e->hold.path, who, sizeof who);
+	snprintf(out, cap, "%s is held by another client (%s)", e->hold.path, who);
+}
+
+/* Someone else holds the sidecar: non-blocking askers get "busy", the rest
+ * wait for the next attempt; an entry nobody waits for is forgotten. */
+static void back_off(struct entry *e, int64_t now)
+{
+	char msg[512];
+	busy_message(e, msg, sizeof msg);
+	reply_waiters(e, true, KEEPER_BUSY, EWOULDBLOCK, msg);
+	e->state = WAITING;
+	e->next_step = now + e->retry_ns;
+	if (count_waiters(e) == 0)
+		free_entry(e);
+}
+
+static void give_up(struct entry *e, int err, const char *what)
+{
+	char msg[512];
+	snprintf(msg, sizeof msg, "cannot %s sidecar %s: %s", what, e->hold.path, strerror(err));
+	log_error("%s", msg);
+	reply_waiters(e, false, KEEPER_FAILED, err, msg);
+	free_entry(e);
+}
+
+/* Advances e through the protocol of sidecar.c: create, then verify. */
+static void step(struct entry *e, int64_t now)
+{
+	if (e->state == WAITING) {
+		sidecar_new_token(&e->hold, e->prefix);
+		int err = sidecar_create(&e->hold, &e->holder);
+		if (err == EEXIST)
+			return back_off(e, now);
+		if (err != 0)
+			return give_up(e, err, "create");
+		e->state = VERIFYING;
+		e->next_step = now + e->verify_ns;
+		if (e->verify_ns > 0)
+			return;
+	}
+	if (e->state == VERIFYING) {
+		int err = sidecar_verify(&e->hold);
+		if (err == EEXIST || err == ENOENT) {
+			log_warn("sidecar %s was taken over during verification", e->hold.path);
+			return back_off(e, now);
+		}
+		if (err != 0)
+			return give_up(e, err, "verify");
+		e->state = HELD;
+		log_info("holding %s", e->hold.path);
+		reply_waiters(e, false, KEEPER_HELD, 0, "");
+		schedule_check(now, e->retry_ns);
+	}
+}
+
+static void release(struct entry *e)
+{
+	int err = sidecar_release(&e->hold);
+	if (err == 0)
+		log_info("released %s", e->hold.path);
+	else if (err == EEXIST || err == ENOENT)
+		log_error("lock on %s was lost: the sidecar was %s while held", e->hold.path,
+			  err == ENOENT ? "deleted" : "replaced");
+	else
+		log_error("cannot release sidecar %s: %s", e->hold.path, strerror(err));
+	free_entry(e);
+}
+
+static bool locked_locally(const struct entry *e, const char *listing)
+{
+	for (unsigned i = 0; i < e->ninodes; i++)
+		if (proclocks_has(listing, e->inode[i].dev, e->inode[i].ino))
+			return true;
+	return false;
+}
+
+/* Releases every held sidecar whose file no local process has locked. */
+static void check_held(int64_t now)
+{
+	next_check = -1;
+	bool any_held = false;
+	for (struct entry *e = entries; e != NULL; e = e->next)
+		any_held |= (e->state == HELD);
+	if (!any_held)
+		return;
+	char *listing = proclocks_read();
+	if (listing == NULL) {
+		/* Without the list we cannot tell: keep holding (safe), try later. */
+		log_error("cannot read /proc/locks: %s", strerror(errno));
+		schedule_check(now, MAX_CHECK_NS);
+		return;
+	}
+	int64_t interval = MAX_CHECK_NS;
+	for (struct entry *e = entries, *next; e != NULL; e = next) {
+		next = e->next;
+		if (e->state != HELD)
+			continue;
+		if (locked_locally(e, listing))
+			interval = MIN(interval, e->retry_ns);
+		else
+			release(e);
+	}
+	free(listing);
+	for (struct entry *e = entries; e != NULL; e = e->next)
+		if (e->state == HELD) {
+			schedule_check(now, interval);
+			break;
+		}
+}
+
+/* ---- requests --------------------------------------------------------- */
+
+static struct entry *new_entry(const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = calloc(1, sizeof *e);
+	if (e == NULL)
+		return NULL;
+	snprintf(e->hold.path, sizeof e->hold.path, "%s", req->sidecar);
+	snprintf(e->prefix, sizeof e->prefix, "%s", req->prefix);
+	e->state = WAITING;
+	e->next_step = now;
+	e->retry_ns = MAX(req->retry_interval_ns, NS_PER_MS);
+	e->verify_ns = MAX(req->verify_delay_ns, 0);
+	e->holder = (struct sidecar_holder){ .pid = req->pid, .keeper_pid = getpid() };
+	e->next = entries;
+	entries = e;
+	return e;
+}
+
+/* Remembers which inode a request locked, so that the check watches it. */
+static bool add_inode(struct entry *e, const struct keeper_request *req)
+{
+	for (unsigned i = 0; i < e->ninodes; i++)
+		if (e->inode[i].dev == req->dev && e->inode[i].ino == req->ino)
+			return true;
+	if (e->ninodes == MAX_INODES)
+		return false;
+	e->inode[e->ninodes].dev = req->dev;
+	e->inode[e->ninodes].ino = req->ino;
+	e->ninodes++;
+	return true;
+}
+
+static void handle_acquire(struct conn *c, const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && !add_inode(e, req))
+		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
+	if (e != NULL && e->state == HELD)
+		return reply(c, KEEPER_HELD, 0, NULL);
+	if (e != NULL && e->state == WAITING && req->nonblocking) {
+		char msg[512];
+		busy_message(e, msg, sizeof msg);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s", msg);
+	}
+	if (e == NULL && (e = new_entry(req, now)) == NULL)
+		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+	add_inode(e, req);
+	c->entry = e;
+	c->nonblocking = req->nonblocking;
+	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
+	if (e->state == WAITING && e->next_step <= now)
+		step(e, now);
+}
+
+static void handle_probe(struct conn *c, const struct keeper_request *req)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && e->state == HELD)
+		return reply(c, KEEPER_HELD, 0, NULL);
+	if (access(req->sidecar, F_OK) == 0) {
+		char who[256];
+		sidecar_describe(req->sidecar, who, sizeof who);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s is held by another client (%s)", req->sidecar, who);
+	}
+	reply(c, KEEPER_DONE, 0, NULL);
+}
+
+static void handle_request(struct conn *c, int64_t now)
+{
+	struct keeper_request req;
+	ssize_t n = recv(c->fd, &req, sizeof req, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n != (ssize_t)sizeof req || req.version != KEEPER_PROTO_VERSION)
+		return drop_conn(c);
+	req.sidecar[sizeof req.sidecar - 1] = '\0';
+	req.prefix[sizeof req.prefix - 1] = '\0';
+	if (req.op == KEEPER_ACQUIRE)
+		return handle_acquire(c, &req, now);
+	if (req.op == KEEPER_CHECK) {
+		check_held(now);
+		return reply(c, KEEPER_DONE, 0, NULL);
+	}
+	if (req.op == KEEPER_PROBE)
+		return handle_probe(c, &req);
+	drop_conn(c);
+}
+
+/* A waiter that hangs up (signal, timeout in the shim, death) withdraws. */
+static void handle_hangup(struct conn *c)
+{
+	struct entry *e = c->entry;
+	drop_conn(c);
+	if (e->state == WAITING && count_waiters(e) == 0)
+		free_entry(e);
+}
+
+static void accept_connections(void)
+{
+	for (;;) {
+		int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0)
+			return;
+		struct conn *c = calloc(1, sizeof *c);
+		if (c == NULL) {
+			sys_close(fd);
+			return;
+		}
+		*c = (struct conn){ .fd = fd, .deadline = -1, .next = conns };
+		conns = c;
+	}
+}
+
+static void expire_deadlines(int64_t now)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->entry == NULL || c->deadline < 0 || now < c->deadline)
+			continue;
+		char who[256];
+		sidecar_describe(c->entry->hold.path, who, sizeof who);
+		struct entry *e = c->entry;
+		reply(c, KEEPER_TIMEOUT, ENOLCK, "timed out waiting for %s (held by: %s)", e->hold.path, who);
+		if (e->state == WAITING && count_waiters(e) == 0)
+			free_entry(e);
+	}
+}
+
+/* ---- the loop --------------------------------------------------------- */
+
+static int64_t next_wakeup(int64_t now, int64_t idle_since)
+{
+	int64_t at = next_check;
+	for (struct entry *e = entries; e != NULL; e = e->next)
+		if (e->state != HELD && (at < 0 || e->next_step < at))
+			at = e->next_step;
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		if (c->deadline >= 0 && (at < 0 || c->deadline < at))
+			at = c->deadline;
+	if (idle_since >= 0 && (at < 0 || idle_since + IDLE_EXIT_NS < at))
+		at = idle_since + IDLE_EXIT_NS;
+	return at < 0 ? -1 : MAX(at - now, 0);
+}
+
+static void serve(void)
+{
+	int64_t idle_since = mono_ns();
+	while (!stop_requested) {
+		int64_t now = mono_ns();
+		for (struct entry *e = entries, *next; e != NULL; e = next) {
+			next = e->next;
+			if (e->state != HELD && e->next_step <= now)
+				step(e, now);
+		}
+		if (next_check >= 0 && next_check <= now)
+			check_held(now);
+		expire_deadlines(now);
+
+		if (entries != NULL || conns != NULL)
+			idle_since = -1;
+		else if (idle_since < 0)
+			idle_since = now;
+		else if (now - idle_since >= IDLE_EXIT_NS)
+			return;
+
+		size_t n = 1;
+		for (struct conn *c = conns; c != NULL; c = c->next)
+			n++;
+		struct pollfd pfd[n];
+		struct conn *by_index[n];
+		pfd[0] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+		size_t i = 1;
+		for (struct conn *c = conns; c != NULL; c = c->next, i++) {
+			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
+			by_index[i] = c;
+		}
+		int64_t wait_ns = next_wakeup(now, idle_since);
+		int timeout_ms = wait_ns < 0 ? -1 : (int)MIN((wait_ns + NS_PER_MS - 1) / NS_PER_MS, 60000);
+		struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * NS_PER_MS };
+		sigset_t unblocked;
+		sigemptyset(&unblocked);
+		/* SIGTERM is blocked except inside ppoll, so it can't slip in
+		 * between the stop_requested test and the wait. */
+		if (ppoll(pfd, n, timeout_ms < 0 ? NULL : &ts, &unblocked) <= 0)
+			continue;
+		now = mono_ns();
+		for (i = 1; i < n; i++) {
+			if (pfd[i].revents == 0)
+				continue;
+			struct conn *c = by_index[i];
+			if (c->entry == NULL)
+				handle_request(c, now);
+			else
+				handle_hangup(c);
+		}
+		if (pfd[0].revents & POLLIN)
+			accept_connections();
+	}
+}
+
+/* On SIGTERM: release what no local process holds; a sidecar still backing a
+ * live local lock stays (the lock is real), for a later keeper to manage. */
+static void shut_down(void)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		drop_conn(c);
+	}
+	for (struct entry *e = entries, *next; e != NULL; e = next) {
+		next = e->next;
+		if (e->state == VERIFYING)
+			e->state = HELD; /* possibly ours: let the check decide */
+		else if (e->state == WAITING)
+			free_entry(e);
+	}
+	check_held(mono_ns());
+}
+
+/* ---- start-up --------------------------------------------------------- */
+
+static int open_in(const char *dir, const char *name, int flags)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	return open(path, flags | O_CLOEXEC, 0600);
+}
+
+/* Only one keeper per runtime directory: the one that holds keeper.lock.
+ * Returns false if another keeper is already serving. */
+static bool become_the_keeper(const char *dir)
+{
+	int lock_fd = open_in(dir, KEEPER_LOCK_NAME, O_RDWR | O_CREAT);
+	if (lock_fd < 0 || sys_flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+		return false;
+	/* lock_fd stays open (and locked) for the keeper's lifetime. */
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", dir, KEEPER_SOCKET_NAME);
+	unlink(addr.sun_path); /* a dead keeper's socket */
+	listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
+	    listen(listen_fd, 64) != 0) {
+		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
+		exit(1);
+	}
+	int pid_fd = open_in(dir, KEEPER_PID_NAME, O_WRONLY | O_CREAT | O_TRUNC);
+	if (pid_fd >= 0) {
+		dprintf(pid_fd, "%ld\n", (long)getpid());
+		sys_close(pid_fd);
+	}
+	return true;
+}
+
+static void stop_listening(const char *dir)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_SOCKET_NAME);
+	unlink(path);
+	sys_close(listen_fd);
+	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_PID_NAME);
+	unlink(path);
+}
+
+static void usage(FILE *to, int status)
+{
+	fprintf(to, "usage: uuidlock-keeper --runtime-dir DIR [--log-level N] [--foreground]\n"
+		    "Started on demand by libuuidlock_shim.so; not meant to be run by hand.\n");
+	exit(status);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "runtime-dir", required_argument, NULL, 'd' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *dir = NULL;
+	bool foreground = false;
+	int level = LOG_WARN, opt;
+	while ((opt = getopt_long(argc, argv, "d:l:fh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'd': dir = optarg; break;
+		case 'l': level = atoi(optarg); break;
+		case 'f': foreground = true; break;
+		case 'h': usage(stdout, 0); break;
+		default: usage(stderr, 2);
+		}
+	}
+	if (dir == NULL || optind != argc)
+		usage(stderr, 2);
+	log_set_level((enum log_level)level);
+
+	/* Detach: the process the shim started exits at once, so the keeper is
+	 * nobody's child and no program waits for it. */
+	if (!foreground) {
+		pid_t pid = fork();
+		if (pid < 0)
+			return 1;
+		if (pid > 0)
+			_exit(0);
+		int log_fd = open_in(dir, "keeper.log", O_WRONLY | O_CREAT | O_APPEND);
+		if (log_fd >= 0)
+			log_set_fd(log_fd);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa = { .sa_handler = on_stop_signal };
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigset_t stops;
+	sigemptyset(&stops);
+	sigaddset(&stops, SIGTERM);
+	sigaddset(&stops, SIGINT);
+	sigprocmask(SIG_BLOCK, &stops, NULL);
+
+	bool serving = become_the_keeper(dir);
+	if (!foreground) {
+		/* Tell the shim that started us that it may connect now. */
+		ssize_t w = write(READY_FD, "1", 1);
+		(void)w; /* a shim that went away doesn't need to know */
+		sys_close(READY_FD);
+	}
+	if (!serving)
+		return 0;
+	serve();
+	stop_listening(dir);
+	shut_down();
+	return 0;
+}

@@ -1,0 +1,161 @@
+/* fcntl, fcntl64 and __fcntl (one function at one address in glibc 2.36;
+ * Debian's libsqlite3, Python and Perl call fcntl64): record locks, classic
+ * and OFD, on managed files; descriptor copies (F_DUPFD) for fdtrack.
+ *
+ * The third argument is taken by type, as glibc does: none, an int, or a
+ * pointer, so that every command we don't handle is forwarded unchanged. */
+#include "fdtrack.h"
+#include "real.h"
+#include "share.h"
+
+#include "record_lock.h"
+
+#include "../core/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <string.h>
+
+enum arg_kind { ARG_NONE, ARG_INT, ARG_POINTER };
+
+static enum arg_kind arg_kind(int cmd)
+{
+	switch (cmd) {
+	case F_GETFD: case F_GETFL: case F_GETOWN: case F_GETSIG:
+	case F_GETLEASE: case F_GETPIPE_SZ: case F_GET_SEALS:
+		return ARG_NONE;
+	case F_DUPFD: case F_DUPFD_CLOEXEC: case F_SETFD: case F_SETFL:
+	case F_SETOWN: case F_SETSIG: case F_SETLEASE: case F_NOTIFY:
+	case F_SETPIPE_SZ: case F_ADD_SEALS:
+		return ARG_INT;
+	default:
+		return ARG_POINTER; /* locks, owner_ex, rw hints, and unknown commands */
+	}
+}
+
+static int forward(int fd, int cmd, enum arg_kind kind, int int_arg, void *ptr_arg)
+{
+	switch (kind) {
+	case ARG_NONE:
+		return REAL(fcntl)(fd, cmd);
+	case ARG_INT:
+		return REAL(fcntl)(fd, cmd, int_arg);
+	default:
+		return REAL(fcntl)(fd, cmd, ptr_arg);
+	}
+}
+
+static bool is_lock_command(int cmd)
+{
+	switch (cmd) {
+	case F_SETLK: case F_SETLKW: case F_GETLK:
+	case F_OFD_SETLK: case F_OFD_SETLKW: case F_OFD_GETLK:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* SQLite's WAL index (*-shm) is shared memory: no lock file can make it
+ * coherent across machines, so refuse rather than let it corrupt. */
+static bool is_sqlite_shm(const struct managed_file *mf)
+{
+	static const char shm[] = "-shm";
+	size_t n = strlen(mf->sidecar), s = strlen(shim_config.suffix);
+	return n >= s + sizeof shm - 1 && memcmp(mf->sidecar + n - s - (sizeof shm - 1), shm, sizeof shm - 1) == 0;
+}
+
+/* F_GETLK found no local conflict: report a lock held by another client as
+ * a write lock on the whole file with l_pid -1 (its pid is on another host). */
+static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
+{
+	struct flock asked = *fl;
+	if (REAL(fcntl)(fd, cmd, fl) != 0 || fl->l_type != F_UNLCK)
+		return fl->l_type == F_UNLCK ? -1 : 0;
+	if (asked.l_type == F_UNLCK || !share_held_elsewhere(mf))
+		return 0;
+	*fl = (struct flock){ .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = -1 };
+	return 0;
+}
+
+/* Takes or drops a record lock (classic or OFD) on a managed file: the kernel
+ * first, for exact local semantics (ranges, upgrades, splitting, the close
+ * rule, EDEADLK), then the sidecar, which covers the whole file. */
+static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
+{
+	bool unlock = fl->l_type == F_UNLCK;
+	if (unlock)
+		share_flush(fd);
+	if (REAL(fcntl)(fd, cmd, fl) != 0)
+		return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
+	if (unlock) {
+		share_check();
+		return 0;
+	}
+	bool nonblocking = cmd == F_SETLK || cmd == F_OFD_SETLK;
+	int err = share_acquire(fd, mf, nonblocking);
+	if (err == 0)
+		return 0;
+	/* The host holds nothing on this file (or it would have answered HELD),
+	 * so neither did we before this call: undoing our range is exact. */
+	struct flock undo = *fl;
+	undo.l_type = F_UNLCK;
+	REAL(fcntl)(fd, nonblocking ? cmd : (cmd == F_SETLKW ? F_SETLK : F_OFD_SETLK), &undo);
+	errno = err == EWOULDBLOCK ? EAGAIN : err;
+	return -1;
+}
+
+int record_lock(int fd, int cmd, struct flock *fl)
+{
+	struct managed_file mf;
+	switch (managed_lookup(fd, &mf)) {
+	case NOT_MANAGED:
+		return REAL(fcntl)(fd, cmd, fl);
+	case REFUSED:
+		errno = ENOLCK;
+		return -1;
+	default:
+		break;
+	}
+	if (is_sqlite_shm(&mf)) {
+		log_error("refusing to lock %.*s: SQLite WAL mode cannot work across clients of a share; "
+			  "use a rollback journal mode (journal_mode=DELETE)",
+			  (int)(strlen(mf.sidecar) - strlen(shim_config.suffix)), mf.sidecar);
+		errno = ENOLCK;
+		return -1;
+	}
+	if (cmd == F_GETLK || cmd == F_OFD_GETLK)
+		return get_lock(fd, cmd, fl, &mf);
+	return set_lock(fd, cmd, fl, &mf);
+}
+
+static int fcntl_common(int fd, int cmd, va_list ap)
+{
+	enum arg_kind kind = arg_kind(cmd);
+	int int_arg = 0;
+	void *ptr_arg = NULL;
+	if (kind == ARG_INT)
+		int_arg = va_arg(ap, int);
+	else if (kind == ARG_POINTER)
+		ptr_arg = va_arg(ap, void *);
+
+	if (is_lock_command(cmd) && !shim_manages_nothing())
+		return record_lock(fd, cmd, ptr_arg);
+	int r = forward(fd, cmd, kind, int_arg, ptr_arg);
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0)
+		fdtrack_copy(fd, r); /* a copy shares the description's lock */
+	return r;
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	va_start(ap, cmd);
+	int r = fcntl_common(fd, cmd, ap);
+	va_end(ap);
+	return r;
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
+EXPORT int __fcntl(int fd, int cmd, ...) __attribute__((alias("fcntl")));

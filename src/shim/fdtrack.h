@@ -1,0 +1,22 @@
+/* Which descriptors a managed lock was taken through (and their copies).
+ * close() and friends consult it with one atomic load, so closing any other
+ * descriptor costs nothing; the sidecar side is told only about these. */
+#ifndef UUIDLOCK_FDTRACK_H
+#define UUIDLOCK_FDTRACK_H
+
+#include <stdbool.h>
+
+/* Descriptors below this are tracked one by one; above, by one flag. */
+#define FDTRACK_LIMIT 65536
+
+void fdtrack_set(int fd);
+void fdtrack_clear(int fd);
+bool fdtrack_test(int fd);
+/* After dup-like calls: new inherits old's mark (or loses its own). */
+void fdtrack_copy(int oldfd, int newfd);
+/* The lowest marked descriptor in [from, last], or -1. */
+int fdtrack_next(unsigned from, unsigned last);
+/* Was a descriptor beyond the tracked range ever marked? */
+bool fdtrack_high_marked(void);
+
+#endif

@@ -1,0 +1,86 @@
+#include "share.h"
+
+#include "fdtrack.h"
+
+#include "../core/client.h"
+#include "../core/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct keeper_request new_request(enum keeper_op op)
+{
+	return (struct keeper_request){
+		.version = KEEPER_PROTO_VERSION,
+		.op = op,
+		.pid = getpid(),
+		.verify_delay_ns = shim_config.verify_delay_ns,
+		.retry_interval_ns = shim_config.retry_interval_ns,
+		.timeout_ns = shim_config.timeout_ns,
+	};
+}
+
+int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
+{
+	struct keeper_request req = new_request(KEEPER_ACQUIRE);
+	req.nonblocking = nonblocking;
+	req.dev = mf->dev;
+	req.ino = mf->ino;
+	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
+	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+
+	struct keeper_reply rep = { 0 };
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	if (err == EINTR)
+		return EINTR;
+	if (err != 0) {
+		log_error("cannot lock %s: %s", mf->sidecar, rep.message);
+		return ENOLCK;
+	}
+	switch (rep.status) {
+	case KEEPER_HELD:
+		fdtrack_set(fd);
+		/* Another client may have changed the file while we didn't hold it:
+		 * drop our cached pages so that we read what it wrote. */
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		return 0;
+	case KEEPER_BUSY:
+		log_debug("%s", rep.message);
+		return EWOULDBLOCK;
+	default:
+		log_error("%s", rep.message);
+		return ENOLCK;
+	}
+}
+
+bool share_held_elsewhere(const struct managed_file *mf)
+{
+	struct keeper_request req = new_request(KEEPER_PROBE);
+	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+	struct keeper_reply rep = { 0 };
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	if (err == 0)
+		return rep.status == KEEPER_BUSY;
+	/* No keeper: this host holds nothing, so any sidecar is someone else's. */
+	return access(mf->sidecar, F_OK) == 0;
+}
+
+void share_flush(int fd)
+{
+	int saved = errno;
+	fsync(fd);
+	errno = saved;
+}
+
+void share_check(void)
+{
+	int saved = errno;
+	struct keeper_request req = new_request(KEEPER_CHECK);
+	struct keeper_reply rep;
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	if (err != 0 && err != EINTR && err != ENOENT)
+		log_warn("could not tell the keeper about a released lock: %s", rep.message);
+	errno = saved;
+}

@@ -1,0 +1,125 @@
+#include "shim.h"
+
+#include "../core/log.h"
+#include "../core/keeper_proto.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct config shim_config;
+bool shim_initialized;
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static __thread bool initializing;
+static char keeper_program[PATH_MAX];
+
+static void find_keeper_program(void)
+{
+	Dl_info info;
+	char self[PATH_MAX];
+	if (!dladdr((void *)shim_init, &info) || info.dli_fname == NULL || realpath(info.dli_fname, self) == NULL) {
+		snprintf(keeper_program, sizeof keeper_program, "(unknown: cannot locate libuuidlock_shim.so)");
+		return;
+	}
+	char *slash = strrchr(self, '/');
+	slash[1] = '\0';
+	if (strlen(self) + sizeof KEEPER_PROGRAM_NAME > sizeof keeper_program)
+		snprintf(keeper_program, sizeof keeper_program, "(unknown: path too long)");
+	else
+		strcat(strcpy(keeper_program, self), KEEPER_PROGRAM_NAME);
+}
+
+static void init_once_body(void)
+{
+	initializing = true;
+	int saved = errno;
+	config_load(&shim_config);
+	find_keeper_program();
+	errno = saved;
+	__atomic_store_n(&shim_initialized, true, __ATOMIC_RELEASE);
+	initializing = false;
+}
+
+void shim_init(void)
+{
+	/* A call made while we initialise (from inside libc, say) passes through:
+	 * waiting for ourselves would deadlock. */
+	if (initializing)
+		return;
+	pthread_once(&init_once, init_once_body);
+}
+
+/* Report bad configuration as soon as the program starts, not at its
+ * first lock. */
+__attribute__((constructor)) static void shim_constructor(void)
+{
+	shim_init();
+}
+
+const char *shim_keeper_program(void)
+{
+	return keeper_program;
+}
+
+static const struct managed_dir *dir_containing(const char *path, dev_t dev)
+{
+	for (unsigned i = 0; i < shim_config.ndirs; i++) {
+		const struct managed_dir *d = &shim_config.dirs[i];
+		if (d->dev == dev && strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
+			return d;
+	}
+	return NULL;
+}
+
+static bool on_managed_device(dev_t dev)
+{
+	for (unsigned i = 0; i < shim_config.ndirs; i++)
+		if (shim_config.dirs[i].dev == dev)
+			return true;
+	return false;
+}
+
+enum managed managed_lookup(int fd, struct managed_file *mf)
+{
+	if (shim_config.paths_invalid)
+		return REFUSED; /* reported at start-up: we can't tell what is managed */
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		if (errno == EBADF)
+			return NOT_MANAGED; /* libc will say EBADF */
+		log_error("cannot tell whether descriptor %d is managed: fstat: %s", fd, strerror(errno));
+		return REFUSED;
+	}
+	if (!on_managed_device(st.st_dev))
+		return NOT_MANAGED;
+
+	char link[32], path[PATH_MAX];
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, path, sizeof path - 1);
+	if (n < 0) {
+		log_error("cannot tell whether descriptor %d is managed: %s: %s", fd, link, strerror(errno));
+		return REFUSED;
+	}
+	path[n] = '\0';
+	if (dir_containing(path, st.st_dev) == NULL)
+		return NOT_MANAGED;
+	if (shim_config.invalid)
+		return REFUSED; /* reported at start-up */
+	if (st.st_nlink == 0) {
+		log_error("refusing to lock %s: the file was deleted, no other client can see it", path);
+		return REFUSED;
+	}
+	if ((size_t)snprintf(mf->sidecar, sizeof mf->sidecar, "%s%s", path, shim_config.suffix) >= sizeof mf->sidecar) {
+		log_error("cannot lock %s: its sidecar's path is too long", path);
+		return REFUSED;
+	}
+	mf->dev = st.st_dev;
+	mf->ino = st.st_ino;
+	return MANAGED;
+}
