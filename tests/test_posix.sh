@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# POSIX record locks (fcntl, OFD, lockf) through the shim, driven by the real
+# programs that use them: python3, perl, sqlite3, and lockdrv.
+. "$(dirname "$0")/rig.sh"
+
+setUp() { rig_setup; }
+tearDown() { rig_teardown; }
+
+hold() {
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
+  HOLDER=$!
+}
+held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
+release_holder() { touch "$RIG/go"; wait "$HOLDER"; }
+
+wait_no_sidecars() {
+  local i
+  for i in $(seq 500); do
+    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
+    sleep 0.01
+  done
+  assert_no_sidecars
+}
+
+# python3's fcntl.lockf (fcntl64 F_SETLK/F_SETLKW) excludes across clients.
+test_python_lockf_across_clients() {
+  hold open:5:"$C1/f" setlk:5:w:0:0 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local out
+  out=$(shimmed python3 -c '
+import fcntl, sys
+f = open(sys.argv[1], "r+")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("got it")
+except OSError as e:
+    print("busy", e.errno)
+' "$C2/f")
+  assertEquals "python lockf -NB from client 2" "busy 11" "$out"
+  release_holder
+  out=$(shimmed python3 -c '
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+os.lockf(fd, os.F_LOCK, 0)       # lockf64
+print("got it")
+' "$C2/f")
+  assertEquals "os.lockf once free" "got it" "$out"
+  wait_no_sidecars
+}
+
+test_perl_fcntl_across_clients() {
+  hold open:5:"$C2/f" setlk:5:r:100:10 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local out
+  out=$(shimmed perl -e '
+use Fcntl;
+open(my $fh, "+<", $ARGV[0]) or die;
+my $fl = pack("s s l! l! i", F_WRLCK, 0, 0, 0, 0);
+print fcntl($fh, F_SETLK, $fl) ? "got it\n" : "busy $!\n";
+' "$C1/f")
+  assertContains "perl F_SETLK from client 1" "$out" "busy Resource temporarily unavailable"
+  release_holder
+}
+
+# Ranges are the kernel's among the processes of one client; across clients
+# the whole file is the unit.
+test_ranges_local_and_whole_file_across_clients() {
+  hold open:5:"$C1/f" setlk:5:w:0:10 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local out
+  out=$(shimmed "$LOCKDRV" open:5:"$C1/f" setlk:5:w:10:10 setlk:5:w:5:10 getlk:5:w:0:0)
+  assertContains "disjoint range on the same client" "$out" "setlk:5:w:10:10 ok"
+  assertContains "overlapping range on the same client" "$out" "setlk:5:w:5:10 err EAGAIN"
+  assertContains "getlk names the local holder" "$out" "type=w start=0 len=10 pid=$HOLDER"
+  out=$(shimmed "$LOCKDRV" open:5:"$C2/f" setlk:5:r:1000:1 getlk:5:w:5000:1 lockf:5:test:0 ofdsetlk:5:r:2000:1)
+  assertContains "any range from the other client" "$out" "setlk:5:r:1000:1 err EAGAIN"
+  assertContains "getlk reports the other client" "$out" "type=w start=0 len=0 pid=-1"
+  assertContains "lockf F_TEST" "$out" "lockf:5:test:0 err EACCES"
+  assertContains "OFD lock from the other client" "$out" "ofdsetlk:5:r:2000:1 err EAGAIN"
+  release_holder
+  wait_no_sidecars
+}
+
+# SQLite's pattern: upgrade/downgrade on one range, unlock small spans, unlock
+# all with l_len 0; the sidecar follows the last lock.
+test_upgrade_downgrade_partial_unlock() {
+  hold open:5:"$C1/f" setlk:5:r:100:2 setlk:5:w:100:2 setlk:5:r:102:510 setlk:5:u:100:2 \
+    touch:"$RIG/held" wait:"$RIG/go" setlk:5:u:0:0 touch:"$RIG/released" wait:"$RIG/end"
+  held
+  assertNotContains "$(cat "$RIG/hold.out")" " err "
+  assertEquals "still held by the shared range" 1 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/go"
+  wait_for_file "$RIG/released" || fail "never unlocked"
+  assertEquals "free once everything is unlocked" 0 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/end"; wait "$HOLDER"
+}
+
+# Closing any descriptor of the file drops the process's record locks.
+test_close_of_another_descriptor_releases_record_locks() {
+  hold open:5:"$C1/f" open:6:"$C1/f" setlk:5:w:0:0 touch:"$RIG/held" wait:"$RIG/go" close:6 \
+    touch:"$RIG/released" wait:"$RIG/end"
+  held
+  assertEquals "held" 1 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/go"
+  wait_for_file "$RIG/released" || fail "never closed"
+  assertEquals "released across clients" 0 "$(shimmed flock -w 5 "$C2/f" true; echo $?)"
+  touch "$RIG/end"; wait "$HOLDER"
+}
+
+test_ofd_lock_belongs_to_the_description() {
+  hold open:5:"$C1/f" ofdsetlk:5:w:0:0 open:6:"$C1/f" close:6 touch:"$RIG/held" wait:"$RIG/go" \
+    close:5 touch:"$RIG/released" wait:"$RIG/end"
+  held
+  assertEquals "closing another descriptor keeps an OFD lock" 1 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/go"
+  wait_for_file "$RIG/released" || fail "never closed"
+  assertEquals "closing its description releases it" 0 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/end"; wait "$HOLDER"
+}
+
+test_blocking_setlkw_waits_for_the_other_client() {
+  hold open:5:"$C1/f" setlk:5:w:0:0 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  shimmed "$LOCKDRV" open:5:"$C2/f" touch:"$RIG/waiting" setlkw:5:w:0:0 >"$RIG/waiter.out" &
+  local waiter=$!
+  wait_for_file "$RIG/waiting"
+  assertTrue "the waiter is still waiting" "kill -0 $waiter"
+  touch "$RIG/go"
+  wait "$waiter"
+  assertContains "$(cat "$RIG/waiter.out")" "setlkw:5:w:0:0 ok"
+  wait "$HOLDER"
+}
+
+test_flock_and_fcntl_exclude_each_other_across_clients() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  assertContains "$(shimmed "$LOCKDRV" open:5:"$C2/f" setlk:5:r:0:1)" "err EAGAIN"
+  release_holder
+}
+
+# sqlite_inserts PRELOAD: 4 writers (2 per client) x 25 INSERTs each.
+sqlite_inserts() {
+  local preload=$1 c w pids=() p rc=0
+  sqlite3 "$RIG/srv/db" 'CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, n INT); CREATE INDEX t_who ON t(who, n);'
+  for c in c1 c2; do
+    for w in 1 2; do
+      (
+        for i in $(seq 25); do
+          LD_PRELOAD=$preload sqlite3 -cmd '.timeout 30000' "$RIG/$c/db" \
+            "INSERT INTO t(who, n) VALUES ('$c-$w', $i);" || exit 1
+        done
+      ) 2>>"$RIG/sqlite.err" &
+      pids+=($!)
+    done
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  return $rc
+}
+
+# The rig's control for SQLite: without the shim rows are lost or the index
+# is corrupt, so the next test can tell a broken shim.
+test_sqlite_without_shim_loses_rows() {
+  sqlite_inserts ""
+  local rows check
+  rows=$(sqlite3 "$RIG/srv/db" 'SELECT count(*) FROM t;' 2>&1)
+  check=$(sqlite3 "$RIG/srv/db" 'PRAGMA integrity_check;' 2>&1)
+  echo "sqlite without shim: $rows of 100 rows, integrity: $(echo "$check" | head -n 1)"
+  assertTrue "expected damage without the shim" "[ '$rows' != 100 ] || [ '$check' != ok ]"
+}
+
+# sqlite3 from both clients, rollback journal: every row kept, index intact.
+test_sqlite_inserts_from_both_clients() {
+  sqlite_inserts "$SHIM_PRELOAD"
+  assertEquals "every sqlite3 succeeded: $(cat "$RIG/sqlite.err")" 0 $?
+  assertEquals "rows" 100 "$(shimmed sqlite3 "$C2/db" 'SELECT count(*) FROM t;')"
+  assertEquals "integrity" ok "$(shimmed sqlite3 "$C2/db" 'PRAGMA integrity_check;')"
+  wait_no_sidecars
+}
+
+test_sqlite_wal_mode_is_refused() {
+  local out
+  out=$(shimmed sqlite3 "$C1/wal.db" 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);' 2>&1)
+  assertNotEquals "sqlite3 must fail in WAL mode" 0 $?
+  assertContains "$out" "uuidlock: refusing to lock $C1/wal.db-shm"
+}
+
+test_unmanaged_record_locks_pass_through() {
+  mkdir "$RIG/local"
+  hold open:5:"$RIG/local/f" setlk:5:w:0:0 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  assertContains "$("$LOCKDRV" open:5:"$RIG/local/f" setlk:5:w:0:1)" "err EAGAIN"
+  assertEquals "no sidecar" "" "$(ls "$RIG/local" | grep lock)"
+  release_holder
+}
+
+. shunit2
