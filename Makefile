@@ -26,7 +26,7 @@ DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-lin
 	sqlite3 python3 perl strace procps psmisc libclang-rt-14-dev
 
 .PHONY: all asan check demo clean deps
-all: build/libuuidlock_shim.so build/uuidlock-keeper build/lockdrv
+all: build/libuuidlock_shim.so build/uuidlock-keeper build/lockdrv build/lockdrv64
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
 define flavour
@@ -52,6 +52,11 @@ asan: build/asan/libuuidlock_shim.so build/asan/uuidlock-keeper
 build/lockdrv: tests/lockdrv.c | deps-headers
 	@mkdir -p build
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
+
+# The same driver as a program built with 64-bit off_t calls fcntl64/lockf64.
+build/lockdrv64: tests/lockdrv.c | deps-headers
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) -D_FILE_OFFSET_BITS=64 $(CFLAGS) -o $@ $<
 
 # The headers we compile against must be there before any compilation.
 .PHONY: deps-headers

@@ -19,6 +19,8 @@
  *   alarm:SECONDS          SIGALRM after SECONDS, handler without SA_RESTART
  *   forkexit               fork; the parent exits at once (the daemon idiom),
  *                          the child runs the remaining steps
+ *   child{ STEP... }       run the steps up to "}" in a child process; the
+ *                          parent waits for it, then goes on after "}"
  *   exit                   _exit(0) now (no destructors)
  */
 #include <errno.h>
@@ -29,6 +31,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -177,6 +180,20 @@ int main(int argc, char **argv)
 				_exit(pid < 0);
 			printf("forkexit ok\n");
 			fflush(stdout);
+			continue;
+		}
+		if (strcmp(argv[i], "child{") == 0) {
+			int end = i + 1;
+			while (end < argc && strcmp(argv[end], "}") != 0)
+				end++;
+			pid_t pid = fork();
+			if (pid == 0) {
+				for (int j = i + 1; j < end; j++)
+					run(argv[j]);
+				exit(0);
+			}
+			waitpid(pid, NULL, 0);
+			i = end;
 			continue;
 		}
 		run(argv[i]);
