@@ -16,6 +16,7 @@
  *   close:FD fclose:FD closerange:FIRST:LAST closefrom:FD
  *   write:FD:TEXT          write TEXT at the descriptor's offset
  *   touch:PATH wait:PATH   create PATH / wait (up to 30 s) until PATH exists
+ *   rm:PATH                unlink PATH
  *   alarm:SECONDS          SIGALRM after SECONDS, handler without SA_RESTART
  *   forkexit               fork; the parent exits at once (the daemon idiom),
  *                          the child runs the remaining steps
@@ -147,6 +148,8 @@ static void run(char *step_text)
 	} else if (strcmp(op, "touch") == 0) {
 		int fd = open(field(&rest), O_WRONLY | O_CREAT, 0644);
 		r = fd < 0 ? -1 : close(fd);
+	} else if (strcmp(op, "rm") == 0) {
+		r = unlink(field(&rest));
 	} else if (strcmp(op, "wait") == 0) {
 		const char *path = field(&rest);
 		struct stat st;

@@ -224,6 +224,18 @@ test_share_refusing_the_sidecar_gives_enolck() {
   touch "$RIG/go"; wait "$HOLDER"
 }
 
+# The sidecar is named after the file: a file deleted (or replaced) while open
+# can't be locked across clients, so the call fails instead.
+test_deleted_file_is_refused() {
+  local out by
+  for by in "$C1" "$C2"; do
+    out=$(shimmed "$LOCKDRV" open:5:"$C1/f" rm:"$by/f" ex:5 2>"$RIG/err")
+    assertContains "deleted through $by" "$out" "ex:5 err ENOLCK"
+    assertContains "deleted through $by" "$(cat "$RIG/err")" "uuidlock: "
+    assertEquals "no sidecar named after the deleted file" "" "$(ls "$RIG/srv")"
+  done
+}
+
 test_runtime_dir_must_be_private() {
   chmod 0755 "$UUIDLOCK_RUNTIME_DIR"
   local out

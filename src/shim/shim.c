@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <same-inode.h>
+
 struct config shim_config;
 bool shim_initialized;
 
@@ -85,6 +87,28 @@ static bool on_managed_device(dev_t dev)
 	return false;
 }
 
+static bool names_file(const char *path, const struct stat *st)
+{
+	struct stat now;
+	return stat(path, &now) == 0 && SAME_INODE(now, *st);
+}
+
+/* The sidecar is named after the file, so the name must be the file's now.
+ * The kernel marks a name " (deleted)" when a file is unlinked -- and on FUSE
+ * also when another client merely created the same name concurrently (seen
+ * on bindfs): the file is still there, under the name without the mark. */
+static bool resolve_current_name(char *path, const struct stat *st)
+{
+	static const char deleted[] = " (deleted)";
+	if (names_file(path, st))
+		return true;
+	size_t n = strlen(path), d = sizeof deleted - 1;
+	if (n <= d || strcmp(path + n - d, deleted) != 0)
+		return false;
+	path[n - d] = '\0';
+	return names_file(path, st);
+}
+
 enum managed managed_lookup(int fd, struct managed_file *mf)
 {
 	if (shim_config.paths_invalid)
@@ -111,8 +135,8 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
 		return REFUSED; /* reported at start-up */
-	if (st.st_nlink == 0) {
-		log_error("refusing to lock %s: the file was deleted, no other client can see it", path);
+	if (!resolve_current_name(path, &st)) {
+		log_error("refusing to lock %s: the file was deleted or replaced, other clients can't see it", path);
 		return REFUSED;
 	}
 	if ((size_t)snprintf(mf->sidecar, sizeof mf->sidecar, "%s%s", path, shim_config.suffix) >= sizeof mf->sidecar) {
