@@ -136,6 +136,8 @@ void config_load(struct config *c)
 		.verify_delay_ns = NS_PER_SEC,
 		.retry_interval_ns = NS_PER_SEC / 10,
 		.timeout_ns = -1,
+		.lease_ns = 30 * NS_PER_SEC,
+		.foreign_stale_ns = -1,
 		.suffix = ".lock",
 		.log_level = LOG_WARN,
 	};
@@ -151,6 +153,10 @@ void config_load(struct config *c)
 	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false);
 	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false);
 	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);
+	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false);
+	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false);
+	if (c->lease_ns < NS_PER_SEC / 10)
+		bad(c, "UUIDLOCK_LEASE", getenv("UUIDLOCK_LEASE"), "must be at least 0.1 seconds");
 	if (c->retry_interval_ns == 0)
 		c->retry_interval_ns = NS_PER_MS; /* never spin on the share */
 	load_text(c, "UUIDLOCK_PREFIX", c->prefix, sizeof c->prefix, true, "\n\r");

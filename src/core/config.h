@@ -24,6 +24,8 @@ struct config {
 	int64_t verify_delay_ns;
 	int64_t retry_interval_ns;
 	int64_t timeout_ns; /* < 0: wait forever */
+	int64_t lease_ns;   /* heartbeat every lease/3; silent for a lease = abandoned */
+	int64_t foreign_stale_ns; /* < 0: never break a foreign sidecar */
 	char prefix[CONFIG_PREFIX_MAX];
 	char suffix[CONFIG_SUFFIX_MAX];
 	char runtime_dir[RUNTIME_DIR_MAX];

@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdint.h>
 
-#define KEEPER_PROTO_VERSION 1
+#define KEEPER_PROTO_VERSION 2
 #define KEEPER_SOCKET_NAME "keeper.sock"
 #define KEEPER_LOCK_NAME "keeper.lock"
 #define KEEPER_PID_NAME "keeper.pid"
@@ -39,6 +39,8 @@ struct keeper_request {
 	int64_t verify_delay_ns;
 	int64_t retry_interval_ns;
 	int64_t timeout_ns;
+	int64_t lease_ns;
+	int64_t foreign_stale_ns;
 	char prefix[CONFIG_PREFIX_MAX];
 	char sidecar[PATH_MAX];
 };

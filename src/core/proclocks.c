@@ -50,7 +50,7 @@ char *proclocks_read(void)
 
 /* A line looks like "12: FLOCK  ADVISORY  WRITE 1867 00:27:10952775 0 EOF",
  * a blocked waiter like "12: -> FLOCK  ADVISORY  WRITE ...". */
-static bool line_holds(const char *line, unsigned major_, unsigned minor_, uint64_t ino)
+static bool line_holds(const char *line, unsigned major_, unsigned minor_, uint64_t ino, long *holder)
 {
 	char type[16], rw[16];
 	unsigned ma, mi;
@@ -60,19 +60,28 @@ static bool line_holds(const char *line, unsigned major_, unsigned minor_, uint6
 		return false;
 	if (strcmp(type, "FLOCK") != 0 && strcmp(type, "POSIX") != 0 && strcmp(type, "OFDLCK") != 0)
 		return false;
+	*holder = pid;
 	return ma == major_ && mi == minor_ && in == ino;
 }
 
-bool proclocks_has(const char *listing, uint64_t dev, uint64_t ino)
+size_t proclocks_pids(const char *listing, uint64_t dev, uint64_t ino, long *pids, size_t max)
 {
 	unsigned ma = major(dev), mi = minor(dev);
+	size_t n = 0;
 	for (const char *line = listing; *line != '\0';) {
-		if (line_holds(line, ma, mi, ino))
-			return true;
+		long pid;
+		if (line_holds(line, ma, mi, ino, &pid) && n < max)
+			pids[n++] = pid;
 		const char *nl = strchr(line, '\n');
 		if (nl == NULL)
 			break;
 		line = nl + 1;
 	}
-	return false;
+	return n;
+}
+
+bool proclocks_has(const char *listing, uint64_t dev, uint64_t ino)
+{
+	long pid;
+	return proclocks_pids(listing, dev, ino, &pid, 1) > 0;
 }

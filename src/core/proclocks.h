@@ -18,4 +18,8 @@ char *proclocks_read(void);
  * only the presence of dev:ino counts. */
 bool proclocks_has(const char *listing, uint64_t dev, uint64_t ino);
 
+/* Collects up to max pids of processes listed as holding a lock on dev:ino
+ * (pids of exited flock takers included: check before using). */
+size_t proclocks_pids(const char *listing, uint64_t dev, uint64_t ino, long *pids, size_t max);
+
 #endif

@@ -18,15 +18,28 @@
  * client's sidecar, one written by uuid-filelock (token without newline),
  * garbage, a huge file.  We read at most SIDECAR_HEAD_MAX bytes of it.
  *
+ * Crashes.  A sidecar outlives its holder, so it says who holds it (host
+ * identity, keeper pid and start time) and carries a heartbeat that the
+ * holder's keeper rewrites every lease/3.  A waiter breaks a sidecar
+ *   - at once when its holder is on the same host and that keeper is dead;
+ *   - when it has itself watched the content stay unchanged for a lease, on
+ *     its own monotonic clock (never comparing clocks across hosts);
+ *   - if foreign (no heartbeat), only after UUIDLOCK_FOREIGN_STALE, if set.
+ * Breaking only deletes; holding still takes the create and the verify.
+ * A holder that finds someone else's token at its heartbeat lost the lock
+ * and says so; it never deletes what isn't its own.
+ *
  * This file does the steps; the keeper (src/keeper) sequences them in time,
  * because a host's sidecar must outlive the processes that asked for it. */
 #include "sidecar.h"
 
 #include "sys.h"
+#include "timeutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,15 +52,6 @@ void sidecar_new_token(struct sidecar_hold *h, const char *prefix)
 	uuid_generate_random(uu);
 	uuid_unparse_lower(uu, text);
 	snprintf(h->token, sizeof h->token, "%s%s", prefix, text);
-}
-
-static void read_boot_id(char *out, size_t cap)
-{
-	ssize_t n = sidecar_read_head("/proc/sys/kernel/random/boot_id", out, cap);
-	if (n <= 0)
-		snprintf(out, cap, "unknown");
-	else
-		out[strcspn(out, "\n")] = '\0';
 }
 
 static int write_all(int fd, const char *buf, size_t len)
@@ -70,13 +74,17 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 	if (fd < 0)
 		return errno;
 
-	char host[256] = "unknown", boot_id[64];
+	char host[256] = "unknown";
 	gethostname(host, sizeof host - 1);
-	read_boot_id(boot_id, sizeof boot_id);
-	char content[SIDECAR_TOKEN_MAX + 512];
+	char content[SIDECAR_TOKEN_MAX + 640];
+	/* The heartbeat comes last, fixed width, so that it can be rewritten in
+	 * place without changing the file's size. */
 	int len = snprintf(content, sizeof content,
-			   "%s\nhost=%s\nboot_id=%s\npid=%ld\nkeeper_pid=%ld\nacquired=%lld\n",
-			   h->token, host, boot_id, who->pid, who->keeper_pid, (long long)time(NULL));
+			   "%s\nuuidlock=1\nhost=%s\nhost_id=%s\nkeeper_pid=%ld\nkeeper_start=%llu\n"
+			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nheartbeat=%0*d\n",
+			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->pid,
+			   (long long)time(NULL), (long long)(who->lease_ns / NS_PER_SEC),
+			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), HEARTBEAT_DIGITS, 0);
 
 	int err = write_all(fd, content, (size_t)len);
 	if (err == 0 && fsync(fd) != 0)
@@ -116,17 +124,15 @@ ssize_t sidecar_read_head(const char *path, char *buf, size_t cap)
 	return (ssize_t)len;
 }
 
+static bool token_matches(const char *head, size_t len, const char *token);
+
 int sidecar_verify(const struct sidecar_hold *h)
 {
 	char head[SIDECAR_HEAD_MAX];
 	ssize_t n = sidecar_read_head(h->path, head, sizeof head);
 	if (n < 0)
 		return (int)-n;
-	size_t first_line = strcspn(head, "\n");
-	size_t token_len = strlen(h->token);
-	if (first_line == token_len && memcmp(head, h->token, token_len) == 0)
-		return 0;
-	return EEXIST;
+	return token_matches(head, (size_t)n, h->token) ? 0 : EEXIST;
 }
 
 int sidecar_release(const struct sidecar_hold *h)
@@ -140,6 +146,131 @@ int sidecar_release(const struct sidecar_hold *h)
 	if (unlink(h->path) != 0)
 		return errno;
 	return 0;
+}
+
+static bool token_matches(const char *head, size_t len, const char *token)
+{
+	size_t first_line = strcspn(head, "\n");
+	size_t token_len = strlen(token);
+	return first_line == token_len && len >= token_len && memcmp(head, token, token_len) == 0;
+}
+
+int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat)
+{
+	int fd = open(h->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return errno;
+	char head[SIDECAR_HEAD_MAX];
+	ssize_t n = pread(fd, head, sizeof head - 1, 0);
+	int err = n < 0 ? errno : 0;
+	if (err == 0) {
+		head[n] = '\0';
+		/* The check and the write go through one descriptor: whatever was
+		 * created at this path since, we can only ever write into our own. */
+		const char *field = strstr(head, "\nheartbeat=");
+		if (!token_matches(head, (size_t)n, h->token) || field == NULL) {
+			err = EEXIST;
+		} else {
+			char digits[HEARTBEAT_DIGITS + 1];
+			snprintf(digits, sizeof digits, "%0*llu", HEARTBEAT_DIGITS, beat % 100000000000000000ULL);
+			off_t at = (off_t)(field - head) + (off_t)strlen("\nheartbeat=");
+			if (pwrite(fd, digits, HEARTBEAT_DIGITS, at) != HEARTBEAT_DIGITS)
+				err = errno ? errno : EIO;
+		}
+	}
+	if (sys_close(fd) != 0 && err == 0)
+		err = errno;
+	return err;
+}
+
+/* Finds "key=" at the start of a line in head[0..len) and returns its value
+ * (up to the newline) in out. */
+static bool field_value(const char *head, size_t len, const char *key, char *out, size_t cap)
+{
+	size_t klen = strlen(key);
+	for (size_t i = 0; i < len;) {
+		const char *line = head + i;
+		const char *nl = memchr(line, '\n', len - i);
+		size_t line_len = nl ? (size_t)(nl - line) : len - i;
+		if (line_len > klen && memcmp(line, key, klen) == 0 && line[klen] == '=') {
+			size_t vlen = line_len - klen - 1;
+			if (vlen >= cap)
+				return false;
+			memcpy(out, line + klen + 1, vlen);
+			out[vlen] = '\0';
+			return strlen(out) == vlen; /* no NUL bytes inside */
+		}
+		i += line_len + 1;
+	}
+	return false;
+}
+
+static bool field_number(const char *head, size_t len, const char *key, unsigned long long *out)
+{
+	char text[32], *end;
+	if (!field_value(head, len, key, text, sizeof text) || text[0] < '0' || text[0] > '9')
+		return false;
+	errno = 0;
+	*out = strtoull(text, &end, 10);
+	return *end == '\0' && errno == 0;
+}
+
+void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
+{
+	*info = (struct sidecar_info){ 0 };
+	char text[32];
+	unsigned long long v;
+	info->ours_format = field_value(head, len, "uuidlock", text, sizeof text) && strcmp(text, "1") == 0;
+	if (!info->ours_format)
+		return;
+	field_value(head, len, "host_id", info->host_id, sizeof info->host_id);
+	if (field_number(head, len, "keeper_pid", &v) && v <= INT32_MAX)
+		info->keeper_pid = (long)v;
+	if (field_number(head, len, "keeper_start", &v))
+		info->keeper_start = v;
+	if (field_number(head, len, "pid", &v) && v <= INT32_MAX)
+		info->pid = (long)v;
+	int64_t lease;
+	if (field_value(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
+		info->lease_ns = lease;
+	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
+}
+
+/* Why breaking can't admit two holders.  Holding takes an exclusive create
+ * plus a verification after a delay; breaking only deletes.  So the one
+ * danger is deleting a sidecar that is not the stale one:
+ *   - another breaker: breakers take the guard F.break first (exclusive
+ *     create), and re-read F under it; the second finds either the guard or
+ *     a content that is no longer the stale one, and stops;
+ *   - the holder coming back: it rewrote the heartbeat, so the re-read under
+ *     the guard differs, and we stop;
+ *   - a fresh sidecar created in the instant between our re-read and our
+ *     unlink: its creator is still in its verification delay when our unlink
+ *     lands -- we give up if that instant grew to half our own verification
+ *     delay -- so its verification fails and it retries, holding nothing.
+ * Only delete, never rename or link: sshfs and SMB support neither safely. */
+int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
+		  const struct sidecar_holder *who, int64_t verify_delay_ns)
+{
+	snprintf(guard->path, sizeof guard->path, "%s.break", path);
+	int err = sidecar_create(guard, who);
+	if (err == EEXIST)
+		return EBUSY;
+	if (err != 0)
+		return err;
+	char head[SIDECAR_HEAD_MAX];
+	int64_t read_at = mono_ns();
+	ssize_t n = sidecar_read_head(path, head, sizeof head);
+	if (n < 0)
+		err = (int)-n == ENOENT ? 0 : (int)-n; /* already gone: nothing to break */
+	else if ((size_t)n != judged_len || memcmp(head, judged, judged_len) != 0)
+		err = EAGAIN;
+	else if (mono_ns() - read_at > verify_delay_ns / 2)
+		err = EAGAIN;
+	else if (unlink(path) != 0 && errno != ENOENT)
+		err = errno;
+	sidecar_release(guard);
+	return err;
 }
 
 void sidecar_describe(const char *path, char *out, size_t cap)

@@ -4,12 +4,17 @@
 #define UUIDLOCK_SIDECAR_H
 
 #include "config.h"
+#include "hostid.h"
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #define SIDECAR_TOKEN_MAX (CONFIG_PREFIX_MAX + 40)
 #define SIDECAR_HEAD_MAX 4096 /* we never read more of a sidecar than this */
+#define HEARTBEAT_DIGITS 17
 
 /* One attempt to hold one sidecar: its path and the first line we wrote. */
 struct sidecar_hold {
@@ -19,8 +24,23 @@ struct sidecar_hold {
 
 /* Who holds a sidecar, written after the token as key=value lines. */
 struct sidecar_holder {
-	long pid;        /* the process that asked first */
-	long keeper_pid; /* the process that keeps the sidecar */
+	char host_id[HOST_ID_MAX];       /* see hostid.h */
+	long keeper_pid;                 /* the process that keeps the sidecar */
+	unsigned long long keeper_start; /* its start time, against pid reuse */
+	long pid;                        /* the process that asked first */
+	int64_t lease_ns;                /* the keeper refreshes the heartbeat every lease/3 */
+};
+
+/* What a sidecar says, as far as it is in our format. */
+struct sidecar_info {
+	bool ours_format; /* has our key=value lines; else foreign (uuid-filelock ...) */
+	char host_id[HOST_ID_MAX];
+	long keeper_pid;
+	unsigned long long keeper_start;
+	long pid;
+	int64_t lease_ns;
+	bool has_heartbeat;
+	unsigned long long heartbeat;
 };
 
 /* Gives the hold a fresh token: prefix + a random UUID from libuuid. */
@@ -40,6 +60,24 @@ int sidecar_verify(const struct sidecar_hold *h);
  * released, EEXIST when it is someone else's now (our hold was lost),
  * ENOENT when it was already gone, another errno on failure. */
 int sidecar_release(const struct sidecar_hold *h);
+
+/* Heartbeat: rewrites the heartbeat field of our sidecar in place, through
+ * a descriptor on which we first checked that the file is still ours.
+ * Returns 0, EEXIST when it is someone else's now, ENOENT when gone. */
+int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat);
+
+/* Parses a sidecar's head (any bytes).  Never fails: what it can't read
+ * stays zero, and a sidecar without our "uuidlock=" line is foreign. */
+void sidecar_parse(const char *head, size_t len, struct sidecar_info *info);
+
+/* Breaks a sidecar judged stale, if it still has exactly the content judged
+ * (judged, judged_len): under the guard sidecar path + ".break", which guard
+ * holds.  Returns 0 when broken, EBUSY when another breaker holds the guard,
+ * EAGAIN when the sidecar changed (not stale after all) or the break took
+ * too long to be safe, another errno on failure.  See sidecar.c for why
+ * this can never let two clients hold the lock. */
+int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
+		  const struct sidecar_holder *who, int64_t verify_delay_ns);
 
 /* Reads at most cap-1 bytes of a sidecar into buf, NUL-terminated.
  * Returns the length, or -errno. */

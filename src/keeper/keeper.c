@@ -14,6 +14,7 @@
  * One keeper per runtime directory (per user), started on demand by the shim,
  * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
  * every step is short, waiting is done with timers, never with sleep. */
+#include "../core/hostid.h"
 #include "../core/keeper_proto.h"
 #include "../core/log.h"
 #include "../core/proclocks.h"
@@ -56,8 +57,18 @@ struct entry {
 	unsigned ninodes;
 	enum entry_state state;
 	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
-	int64_t retry_ns, verify_ns;
+	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
+	/* HELD: the heartbeat */
+	int64_t next_beat;
+	unsigned long long beats;
+	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
+	 * and since when, on our monotonic clock */
+	struct observation {
+		char content[SIDECAR_HEAD_MAX];
+		size_t len;
+		int64_t since;
+	} seen, guard_seen;
 	struct entry *next;
 };
 
@@ -71,6 +82,7 @@ struct conn {
 };
 
 static struct entry *entries;
+static struct sidecar_holder me; /* host identity and keeper pid, for every sidecar */
 static struct conn *conns;
 static int listen_fd = -1;
 static volatile sig_atomic_t stop_requested;
@@ -163,6 +175,83 @@ static void busy_message(const struct entry *e, char *out, size_t cap)
 	snprintf(out, cap, "%s is held by another client (%s)", e->hold.path, who);
 }
 
+/* Records content read now; returns how long it has stayed unchanged. */
+static int64_t observe(struct observation *o, const char *content, size_t len, int64_t now)
+{
+	if (o->since == 0 || len != o->len || memcmp(content, o->content, len) != 0) {
+		memcpy(o->content, content, len);
+		o->len = len;
+		o->since = now;
+	}
+	return now - o->since;
+}
+
+/* Why a sidecar (or guard) that has stayed as it is for `quiet` ns may be
+ * broken, or NULL while it must be respected. */
+static const char *stale_reason(const struct entry *e, const char *head, size_t len, int64_t quiet,
+				char *why, size_t cap)
+{
+	struct sidecar_info info;
+	sidecar_parse(head, len, &info);
+	if (info.ours_format && strcmp(info.host_id, me.host_id) == 0 &&
+	    !process_is((pid_t)info.keeper_pid, info.keeper_start)) {
+		snprintf(why, cap, "its keeper (pid %ld) on this host is gone", info.keeper_pid);
+		return why;
+	}
+	/* Both leases count: a holder with a longer lease beats less often. */
+	int64_t lease = MAX(e->holder.lease_ns, info.lease_ns);
+	if (info.ours_format && info.has_heartbeat && quiet >= lease) {
+		snprintf(why, cap, "no heartbeat for %.1f s", (double)quiet / NS_PER_SEC);
+		return why;
+	}
+	if (!info.ours_format && e->foreign_stale_ns >= 0 && quiet >= e->foreign_stale_ns) {
+		snprintf(why, cap, "foreign sidecar unchanged for %.1f s (UUIDLOCK_FOREIGN_STALE)",
+			 (double)quiet / NS_PER_SEC);
+		return why;
+	}
+	return NULL;
+}
+
+/* A breaker that died holding the guard would block every later break:
+ * the same rules apply to the guard itself. */
+static void clear_stale_guard(struct entry *e, int64_t now)
+{
+	char path[PATH_MAX + 8], head[SIDECAR_HEAD_MAX], why[128];
+	snprintf(path, sizeof path, "%s.break", e->hold.path);
+	ssize_t n = sidecar_read_head(path, head, sizeof head);
+	if (n < 0)
+		return;
+	int64_t quiet = observe(&e->guard_seen, head, (size_t)n, now);
+	if (stale_reason(e, head, (size_t)n, quiet, why, sizeof why) != NULL && unlink(path) == 0)
+		log_warn("removed stale guard %s: %s", path, why);
+}
+
+/* The sidecar exists: break it if it is provably abandoned.  True if it is
+ * gone now, so that creating it may be tried again at once. */
+static bool break_if_stale(struct entry *e, int64_t now)
+{
+	char head[SIDECAR_HEAD_MAX], why[128];
+	ssize_t n = sidecar_read_head(e->hold.path, head, sizeof head);
+	if (n < 0)
+		return n == -ENOENT;
+	int64_t quiet = observe(&e->seen, head, (size_t)n, now);
+	if (stale_reason(e, head, (size_t)n, quiet, why, sizeof why) == NULL)
+		return false;
+	struct sidecar_hold guard;
+	sidecar_new_token(&guard, e->prefix);
+	int err = sidecar_break(e->hold.path, head, (size_t)n, &guard, &e->holder, e->verify_ns);
+	if (err == 0) {
+		log_warn("broke stale sidecar %s: %s", e->hold.path, why);
+		e->seen.since = 0;
+		return true;
+	}
+	if (err == EBUSY)
+		clear_stale_guard(e, now);
+	else if (err != EAGAIN)
+		log_error("cannot break stale sidecar %s: %s", e->hold.path, strerror(err));
+	return false;
+}
+
 /* Someone else holds the sidecar: non-blocking askers get "busy", the rest
  * wait for the next attempt; an entry nobody waits for is forgotten. */
 static void back_off(struct entry *e, int64_t now)
@@ -191,6 +280,10 @@ static void step(struct entry *e, int64_t now)
 	if (e->state == WAITING) {
 		sidecar_new_token(&e->hold, e->prefix);
 		int err = sidecar_create(&e->hold, &e->holder);
+		if (err == EEXIST && break_if_stale(e, now)) {
+			sidecar_new_token(&e->hold, e->prefix);
+			err = sidecar_create(&e->hold, &e->holder);
+		}
 		if (err == EEXIST)
 			return back_off(e, now);
 		if (err != 0)
@@ -209,10 +302,54 @@ static void step(struct entry *e, int64_t now)
 		if (err != 0)
 			return give_up(e, err, "verify");
 		e->state = HELD;
+		e->next_beat = now + e->holder.lease_ns / 3;
 		log_info("holding %s", e->hold.path);
 		reply_waiters(e, false, KEEPER_HELD, 0, "");
 		schedule_check(now, e->retry_ns);
 	}
+}
+
+/* Tells every local process that holds a lock on e's file, on its stderr:
+ * the keeper has no terminal of its own, and they are the ones at risk. */
+static void tell_holders(const struct entry *e, const char *msg)
+{
+	char *listing = proclocks_read();
+	if (listing == NULL)
+		return;
+	for (unsigned i = 0; i < e->ninodes; i++) {
+		long pids[64];
+		size_t n = proclocks_pids(listing, e->inode[i].dev, e->inode[i].ino, pids, 64);
+		for (size_t j = 0; j < n; j++) {
+			char path[64];
+			snprintf(path, sizeof path, "/proc/%ld/fd/2", pids[j]);
+			int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+			if (fd >= 0) {
+				dprintf(fd, "uuidlock: %s\n", msg);
+				sys_close(fd);
+			}
+		}
+	}
+	free(listing);
+}
+
+/* Refreshes a held sidecar's heartbeat; a sidecar that is not ours any more
+ * means the lock was lost (broken after a long stall, deleted by hand). */
+static void heartbeat(struct entry *e, int64_t now)
+{
+	e->next_beat = now + e->holder.lease_ns / 3;
+	int err = sidecar_heartbeat(&e->hold, ++e->beats);
+	if (err == 0)
+		return;
+	char msg[PATH_MAX + 128];
+	if (err == EEXIST || err == ENOENT) {
+		snprintf(msg, sizeof msg, "lock on %s was lost: its sidecar was %s", e->hold.path,
+			 err == ENOENT ? "deleted" : "taken over by another client");
+		log_error("%s", msg);
+		tell_holders(e, msg);
+		free_entry(e);
+		return;
+	}
+	log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
 }
 
 static void release(struct entry *e)
@@ -283,7 +420,10 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->next_step = now;
 	e->retry_ns = MAX(req->retry_interval_ns, NS_PER_MS);
 	e->verify_ns = MAX(req->verify_delay_ns, 0);
-	e->holder = (struct sidecar_holder){ .pid = req->pid, .keeper_pid = getpid() };
+	e->foreign_stale_ns = req->foreign_stale_ns;
+	e->holder = me;
+	e->holder.pid = req->pid;
+	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
 	e->next = entries;
 	entries = e;
 	return e;
@@ -404,9 +544,11 @@ static void expire_deadlines(int64_t now)
 static int64_t next_wakeup(int64_t now, int64_t idle_since)
 {
 	int64_t at = next_check;
-	for (struct entry *e = entries; e != NULL; e = e->next)
-		if (e->state != HELD && (at < 0 || e->next_step < at))
-			at = e->next_step;
+	for (struct entry *e = entries; e != NULL; e = e->next) {
+		int64_t due = e->state == HELD ? e->next_beat : e->next_step;
+		if (at < 0 || due < at)
+			at = due;
+	}
 	for (struct conn *c = conns; c != NULL; c = c->next)
 		if (c->deadline >= 0 && (at < 0 || c->deadline < at))
 			at = c->deadline;
@@ -424,6 +566,8 @@ static void serve(void)
 			next = e->next;
 			if (e->state != HELD && e->next_step <= now)
 				step(e, now);
+			else if (e->state == HELD && e->next_beat <= now)
+				heartbeat(e, now);
 		}
 		if (next_check >= 0 && next_check <= now)
 			check_held(now);
@@ -586,6 +730,10 @@ int main(int argc, char **argv)
 	sigaddset(&stops, SIGTERM);
 	sigaddset(&stops, SIGINT);
 	sigprocmask(SIG_BLOCK, &stops, NULL);
+
+	host_identity(me.host_id, sizeof me.host_id);
+	me.keeper_pid = getpid();
+	me.keeper_start = process_start_time(getpid());
 
 	bool serving = become_the_keeper(dir);
 	if (!foreground) {

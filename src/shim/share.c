@@ -19,6 +19,8 @@ static struct keeper_request new_request(enum keeper_op op)
 		.verify_delay_ns = shim_config.verify_delay_ns,
 		.retry_interval_ns = shim_config.retry_interval_ns,
 		.timeout_ns = shim_config.timeout_ns,
+		.lease_ns = shim_config.lease_ns,
+		.foreign_stale_ns = shim_config.foreign_stale_ns,
 	};
 }
 
