@@ -277,7 +277,8 @@ test_sqlite_without_shim_loses_rows() {
 # sqlite3 from both clients, rollback journal: every row kept, index intact.
 test_sqlite_inserts_from_both_clients() {
   sqlite_inserts "$SHIM_PRELOAD"
-  assertEquals "every sqlite3 succeeded: $(cat "$RIG/sqlite.err")" 0 $?
+  local rc=$?
+  assertEquals "every sqlite3 succeeded: $(cat "$RIG/sqlite.err")" 0 $rc
   assertEquals "rows" 200 "$(shimmed sqlite3 "$C2/db" 'SELECT count(*) FROM t;')"
   assertEquals "integrity" ok "$(shimmed sqlite3 "$C2/db" 'PRAGMA integrity_check;')"
   wait_no_sidecars
@@ -301,7 +302,8 @@ for i in range(30):
   shimmed python3 -c "$script" "$C2/db" two 2>>"$RIG/py.err"
   local rc=$?
   wait $a
-  assertEquals "both writers succeeded: $(cat "$RIG/py.err")" "0 0" "$? $rc"
+  local rc_a=$?
+  assertEquals "both writers succeeded: $(cat "$RIG/py.err")" "0 0" "$rc_a $rc"
   assertEquals "rows" 60 "$(sqlite3 "$RIG/srv/db" 'SELECT count(*) FROM t;')"
   assertEquals "integrity" ok "$(sqlite3 "$RIG/srv/db" 'PRAGMA integrity_check;')"
 }
@@ -309,7 +311,8 @@ for i in range(30):
 test_sqlite_update_counter_from_both_clients() {
   sqlite3 "$RIG/srv/db" 'CREATE TABLE c(n INT); INSERT INTO c VALUES (0);'
   sqlite_workers "$SHIM_PRELOAD" 'UPDATE c SET n = n + 1;'
-  assertEquals "every sqlite3 succeeded: $(cat "$RIG/sqlite.err")" 0 $?
+  local rc=$?
+  assertEquals "every sqlite3 succeeded: $(cat "$RIG/sqlite.err")" 0 $rc
   assertEquals "counter" 200 "$(sqlite3 "$RIG/srv/db" 'SELECT n FROM c;')"
   wait_no_sidecars
 }

@@ -45,6 +45,7 @@ struct keeper_request {
 	char sidecar[PATH_MAX];
 };
 
+/* Never changes, so that any keeper can tell any library what is wrong. */
 struct keeper_reply {
 	uint32_t status;
 	int32_t error;

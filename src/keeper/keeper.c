@@ -481,11 +481,18 @@ static void handle_probe(struct conn *c, const struct keeper_request *req)
 static void handle_request(struct conn *c, int64_t now)
 {
 	struct keeper_request req;
-	ssize_t n = recv(c->fd, &req, sizeof req, MSG_DONTWAIT);
+	/* MSG_TRUNC: the packet's real length, so a request from another
+	 * version of the library can't be taken for ours. */
+	ssize_t n = recv(c->fd, &req, sizeof req, MSG_DONTWAIT | MSG_TRUNC);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	if (n != (ssize_t)sizeof req || req.version != KEEPER_PROTO_VERSION)
+	if (n < (ssize_t)sizeof req.version)
 		return drop_conn(c);
+	if (n != (ssize_t)sizeof req || req.version != KEEPER_PROTO_VERSION)
+		return reply(c, KEEPER_FAILED, EPROTO,
+			     "the running keeper (pid %ld) speaks protocol %d, this library %u: "
+			     "it exits once it holds nothing, or stop it",
+			     (long)getpid(), KEEPER_PROTO_VERSION, req.version);
 	req.sidecar[sizeof req.sidecar - 1] = '\0';
 	req.prefix[sizeof req.prefix - 1] = '\0';
 	if (req.op == KEEPER_ACQUIRE)
