@@ -76,9 +76,9 @@ deps:
 		echo "missing Debian packages; run as root:  apt-get install $$missing" >&2; exit 1; \
 	fi
 
-# Every suite, then the flock and POSIX suites again with the sanitizer build.
+# Every suite, then the flock, POSIX and crash suites again with the sanitizer build.
 check: deps all asan
-	@UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh" tests/run.sh
+	@UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh

@@ -22,7 +22,10 @@ void host_identity(char *out, size_t cap)
 unsigned long long process_start_time(pid_t pid)
 {
 	char path[32], stat_line[1024];
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	if (pid == 0)
+		strcpy(path, "/proc/self/stat"); /* right even where /proc is another pid namespace's */
+	else
+		snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
 	if (sidecar_read_head(path, stat_line, sizeof stat_line) <= 0)
 		return 0;
 	/* The command name (field 2) may hold spaces and ')': skip past the last ')'. */

@@ -55,6 +55,11 @@ struct entry {
 	 * more than one if the file was replaced while locked. */
 	struct { uint64_t dev, ino; } inode[MAX_INODES];
 	unsigned ninodes;
+	/* The processes that asked us for this sidecar and may still hold a
+	 * lock on the file: another keeper's clients (another user, another
+	 * runtime directory) lock the same file, and must not keep ours. */
+	long *requesters;
+	size_t nrequesters, requesters_cap;
 	enum entry_state state;
 	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
@@ -83,6 +88,9 @@ struct conn {
 
 static struct entry *entries;
 static struct sidecar_holder me; /* host identity and keeper pid, for every sidecar */
+/* False when /proc belongs to another pid namespace than ours: its pids
+ * can't be compared with our clients', so any lock on a file counts. */
+static bool pids_comparable;
 static struct conn *conns;
 static int listen_fd = -1;
 static volatile sig_atomic_t stop_requested;
@@ -150,7 +158,32 @@ static void free_entry(struct entry *e)
 			*p = e->next;
 			break;
 		}
+	free(e->requesters);
 	free(e);
+}
+
+static bool is_requester(const struct entry *e, long pid)
+{
+	for (size_t i = 0; i < e->nrequesters; i++)
+		if (e->requesters[i] == pid)
+			return true;
+	return false;
+}
+
+static bool remember_requester(struct entry *e, long pid)
+{
+	if (is_requester(e, pid))
+		return true;
+	if (e->nrequesters == e->requesters_cap) {
+		size_t cap = e->requesters_cap ? 2 * e->requesters_cap : 8;
+		long *bigger = realloc(e->requesters, cap * sizeof *bigger);
+		if (bigger == NULL)
+			return false;
+		e->requesters = bigger;
+		e->requesters_cap = cap;
+	}
+	e->requesters[e->nrequesters++] = pid;
+	return true;
 }
 
 static struct entry *find_entry(const char *sidecar)
@@ -365,12 +398,39 @@ static void release(struct entry *e)
 	free_entry(e);
 }
 
-static bool locked_locally(const struct entry *e, const char *listing)
+/* Does a process we serve still hold a lock on e's file?  A FLOCK line names
+ * the process that took the lock, which may have exited while its open file
+ * description lives on elsewhere (`( flock 9; ... ) 9>f`): it asked us, so it
+ * counts.  OFD lines name no process (-1): they always count.  Requesters
+ * that hold nothing any more are forgotten: a new lock call asks again. */
+static bool locked_locally(struct entry *e, const char *listing)
 {
-	for (unsigned i = 0; i < e->ninodes; i++)
-		if (proclocks_has(listing, e->inode[i].dev, e->inode[i].ino))
-			return true;
-	return false;
+	size_t kept = 0;
+	bool held = false;
+	for (unsigned i = 0; i < e->ninodes; i++) {
+		long pids[256];
+		size_t n = proclocks_pids(listing, e->inode[i].dev, e->inode[i].ino, pids, 256);
+		for (size_t j = 0; j < n; j++) {
+			if (pids[j] < 0 || !pids_comparable || n == 256) {
+				held = true;
+			} else if (is_requester(e, pids[j])) {
+				held = true;
+				for (size_t k = 0; k < kept; k++)
+					if (e->requesters[k] == pids[j])
+						goto next;
+				/* keep it: swap into the kept prefix */
+				for (size_t k = kept; k < e->nrequesters; k++)
+					if (e->requesters[k] == pids[j]) {
+						e->requesters[k] = e->requesters[kept];
+						e->requesters[kept++] = pids[j];
+						break;
+					}
+			}
+		next:;
+		}
+	}
+	e->nrequesters = kept;
+	return held;
 }
 
 /* Releases every held sidecar whose file no local process has locked. */
@@ -443,9 +503,20 @@ static bool add_inode(struct entry *e, const struct keeper_request *req)
 	return true;
 }
 
+/* The asking process as /proc names it: SO_PEERCRED, which the kernel
+ * translates into our pid namespace. */
+static long peer_pid(int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+	return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? (long)cred.pid : -1;
+}
+
 static void handle_acquire(struct conn *c, const struct keeper_request *req, int64_t now)
 {
 	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && !remember_requester(e, peer_pid(c->fd)))
+		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	if (e != NULL && !add_inode(e, req))
 		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
 	if (e != NULL && e->state == HELD)
@@ -458,6 +529,8 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 	if (e == NULL && (e = new_entry(req, now)) == NULL)
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	add_inode(e, req);
+	if (!remember_requester(e, peer_pid(c->fd)))
+		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	c->entry = e;
 	c->nonblocking = req->nonblocking;
 	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
@@ -740,7 +813,10 @@ int main(int argc, char **argv)
 
 	host_identity(me.host_id, sizeof me.host_id);
 	me.keeper_pid = getpid();
-	me.keeper_start = process_start_time(getpid());
+	me.keeper_start = process_start_time(0);
+	char self[32];
+	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
 
 	bool serving = become_the_keeper(dir);
 	if (!foreground) {

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Crashes and lifecycles: a sidecar outlives its holder, so recovery must be
+# quick on the same host, lease-based across hosts, and never admit two holders.
+# "Another host" is a process in its own pid namespace with its own keeper
+# (its own runtime directory): its host identity differs, as a machine's would.
+. "$(dirname "$0")/rig.sh"
+
+setUp() { rig_setup; }
+tearDown() { rig_teardown; }
+
+hold() {
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
+  HOLDER=$!
+}
+held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
+keeper_pid() { cat "$UUIDLOCK_RUNTIME_DIR/keeper.pid"; }
+wait_no_sidecars() {
+  local i
+  for i in $(seq 500); do
+    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
+    sleep 0.01
+  done
+  assert_no_sidecars
+}
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
+between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
+
+# other_host CMD...: CMD as a process of another host: own pid namespace,
+# own keeper (which dies with the namespace when CMD ends).
+other_host() {
+  UUIDLOCK_RUNTIME_DIR=$RIG/run-other unshare --pid --fork --kill-child \
+    env LD_PRELOAD="$SHIM_PRELOAD" "$@"
+}
+
+test_killed_holder_frees_the_lock_at_once_on_the_same_host() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
+  held
+  local t0=$EPOCHREALTIME
+  kill -KILL "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  assertEquals "a waiter on the other client gets in" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, expected well under a second" "between $took 0 1"
+}
+
+test_dead_keeper_on_the_same_host_is_broken_at_once() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
+  held
+  local old; old=$(keeper_pid)
+  kill -KILL "$old" "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  assertTrue "the dead keeper's sidecar is left behind" "[ -e '$RIG/srv/f.lock' ]"
+  local t0=$EPOCHREALTIME
+  assertEquals "a new keeper breaks it" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s" "between $took 0 2"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "keeper (pid $old) on this host is gone"
+}
+
+test_other_host_breaks_after_the_lease() {
+  UUIDLOCK_LEASE=2 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
+  held
+  kill -KILL "$(keeper_pid)" "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  local t0=$EPOCHREALTIME
+  UUIDLOCK_LEASE=2 other_host flock -w 20 "$C2/f" true
+  assertEquals "the other host gets in" 0 $?
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, expected the lease (2s) plus a little" "between $took 1.9 6"
+}
+
+test_live_holder_is_never_broken() {
+  UUIDLOCK_LEASE=1 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local token; token=$(head -n 1 "$RIG/srv/f.lock")
+  UUIDLOCK_LEASE=1 other_host flock -w 3.5 -E 75 "$C2/f" true
+  assertEquals "three leases later the other host still waits" 75 $?
+  assertEquals "the holder's sidecar is intact" "$token" "$(head -n 1 "$RIG/srv/f.lock")"
+  touch "$RIG/go"; wait "$HOLDER"
+  assertNotContains "$(cat "$RIG/hold.err")" "lost"
+}
+
+test_foreign_sidecar_breaks_only_when_opted_in() {
+  printf 'someone-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f.lock"
+  UUIDLOCK_LEASE=0.5 shimmed flock -w 2 -E 75 "$C1/f" true
+  assertEquals "never broken by the lease" 75 $?
+  local t0=$EPOCHREALTIME
+  UUIDLOCK_FOREIGN_STALE=1 shimmed flock -w 10 -E 75 "$C1/f" true
+  assertEquals "broken with UUIDLOCK_FOREIGN_STALE=1" 0 $?
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s" "between $took 0.9 4"
+}
+
+# A holder whose sidecar is taken over (or deleted) says so on its stderr,
+# and never deletes the new holder's sidecar.
+test_lost_lock_is_reported_and_the_new_sidecar_kept() {
+  UUIDLOCK_LEASE=0.3 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go" un:5
+  held
+  printf 'new-holder\n' >"$RIG/srv/f.lock.tmp" && mv "$RIG/srv/f.lock.tmp" "$RIG/srv/f.lock"
+  local i
+  for i in $(seq 300); do grep -q "was lost" "$RIG/hold.err" && break; sleep 0.01; done
+  assertContains "$(cat "$RIG/hold.err")" "uuidlock: lock on $C1/f.lock was lost"
+  touch "$RIG/go"; wait "$HOLDER"
+  assertEquals "the new holder's sidecar is untouched" "new-holder" "$(cat "$RIG/srv/f.lock")"
+}
+
+# Many trials of several keepers breaking one stale sidecar at once: never
+# two holders (each holder proves it with an exclusive mkdir).
+test_racing_breakers_never_admit_two_holders() {
+  local host_id trial dead w pids
+  host_id="$(cat /proc/sys/kernel/random/boot_id)/$(stat -L -c %i /proc/self/ns/pid)"
+  for trial in $(seq 8); do
+    wait_no_sidecars # the last trial's holder releases a retry interval after it exits
+    sh -c 'exit 0' & dead=$!; wait $dead
+    printf 'stale-%s\nuuidlock=1\nhost=x\nhost_id=%s\nkeeper_pid=%s\nkeeper_start=1\npid=%s\nacquired=0\nlease=30.000\nheartbeat=%017d\n' \
+      "$trial" "$host_id" "$dead" "$dead" 0 >"$RIG/srv/f.lock"
+    pids=()
+    for w in 1 2 3 4; do
+      local client=$C1; [ $((w % 2)) = 0 ] && client=$C2
+      UUIDLOCK_RUNTIME_DIR=$RIG/run-$w LD_PRELOAD=$SHIM_PRELOAD flock -w 20 "$client/f" \
+        sh -c 'mkdir "$1/inside" || echo DOUBLE >>"$1/verdict"; sleep 0.02; rmdir "$1/inside"' sh "$RIG" 2>>"$RIG/waiters.err" &
+      pids+=($!)
+    done
+    for w in "${pids[@]}"; do wait "$w" || echo "waiter failed" >>"$RIG/verdict"; done
+  done
+  assertEquals "no double holders, no failures: $(cat "$RIG/waiters.err" 2>/dev/null)" "" "$(cat "$RIG/verdict" 2>/dev/null)"
+  for w in 1 2 3 4; do kill "$(cat "$RIG/run-$w/keeper.pid")" 2>/dev/null; done
+}
+
+# exec 9>f; flock 9; exec prog: the new image holds the lock.
+test_lock_survives_exec() {
+  LD_PRELOAD=$SHIM_PRELOAD bash -c 'exec 9>"$1/f"; flock 9 && exec "$2" touch:"$3/held" wait:"$3/go"' \
+    sh "$C1" "$LOCKDRV" "$RIG" >/dev/null &
+  local pid=$!
+  held
+  assertEquals "held by the exec'd program" 1 "$(shimmed flock -n "$C2/f" true; echo $?)"
+  touch "$RIG/go"; wait $pid
+  assertEquals "released when it ends" 0 "$(shimmed flock -w 5 "$C2/f" true; echo $?)"
+}
+
+test_exit_without_destructors_releases() {
+  local out
+  out=$(shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 exit)
+  assertContains "$out" "exit ok"
+  assertEquals "free after _exit" 0 "$(shimmed flock -w 5 "$C2/f" true; echo $?)"
+}
+
+. shunit2
