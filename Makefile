@@ -23,9 +23,9 @@ INTERPOSED := flock fcntl fcntl64 __fcntl lockf lockf64 close fclose dup dup2 du
 
 # Debian packages that building, testing and the demo need.
 DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-linux \
-	sqlite3 python3 perl procps
+	sqlite3 python3 perl procps clang libclang-rt-14-dev
 
-.PHONY: all asan check demo clean deps
+.PHONY: all asan fuzz check demo clean deps
 all: build/libuuidlock_shim.so build/uuidlock-keeper build/lockdrv build/lockdrv64
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
@@ -58,6 +58,15 @@ build/lockdrv64: tests/lockdrv.c | deps-headers
 	@mkdir -p build
 	$(CC) $(CPPFLAGS_ALL) -D_FILE_OFFSET_BITS=64 $(CFLAGS) -o $@ $<
 
+# libFuzzer targets for what others control: sidecar content, /proc/locks,
+# the configuration.  tests/test_fuzz.sh runs them for a bounded time.
+FUZZ_CORE := src/core/sidecar.c src/core/proclocks.c src/core/hostid.c src/core/config.c src/core/log.c
+fuzz: build/fuzz/fuzz_sidecar build/fuzz/fuzz_config
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_CORE) $(HEADERS) | deps-headers
+	@mkdir -p build/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -idirafter $(GNULIB) $(WARN) \
+		-o $@ $< $(FUZZ_CORE) -luuid
+
 # The headers we compile against must be there before any compilation.
 .PHONY: deps-headers
 deps-headers:
@@ -77,7 +86,7 @@ deps:
 	fi
 
 # Every suite, then the flock, POSIX and crash suites again with the sanitizer build.
-check: deps all asan
+check: deps all asan fuzz
 	@UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
 
 demo: deps all

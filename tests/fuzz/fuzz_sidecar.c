@@ -1,0 +1,28 @@
+/* libFuzzer target: everything that reads bytes another client (or anyone
+ * with write access to the share) controls -- a sidecar's content -- and
+ * the kernel's /proc/locks listing. */
+#include "../../src/core/log.h"
+#include "../../src/core/proclocks.h"
+#include "../../src/core/sidecar.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct sidecar_info info;
+	sidecar_parse((const char *)data, size, &info);
+	if (info.ours_format && strlen(info.host_id) >= sizeof info.host_id)
+		abort();
+
+	char *text = malloc(size + 1);
+	memcpy(text, data, size);
+	text[size] = '\0';
+	long pids[8];
+	size_t n = proclocks_pids(text, 0x1b, 42, pids, 8);
+	if (n > 8)
+		abort();
+	free(text);
+	return 0;
+}
