@@ -64,7 +64,7 @@ FUZZ_CORE := src/core/sidecar.c src/core/proclocks.c src/core/hostid.c src/core/
 fuzz: build/fuzz/fuzz_sidecar build/fuzz/fuzz_config
 build/fuzz/%: tests/fuzz/%.c $(FUZZ_CORE) $(HEADERS) | deps-headers
 	@mkdir -p build/fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -idirafter $(GNULIB) $(WARN) \
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -idirafter $(GNULIB) -Wall -Wextra -Werror \
 		-o $@ $< $(FUZZ_CORE) -luuid
 
 # The headers we compile against must be there before any compilation.

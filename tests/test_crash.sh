@@ -5,8 +5,12 @@
 # (its own runtime directory): its host identity differs, as a machine's would.
 . "$(dirname "$0")/rig.sh"
 
-setUp() { rig_setup; }
-tearDown() { rig_teardown; }
+setUp() { rig_setup; EXTRA_MOUNTS=(); }
+tearDown() {
+  local m
+  for m in "${EXTRA_MOUNTS[@]}"; do umount -l "$m" 2>/dev/null; done
+  rig_teardown
+}
 
 hold() {
   (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
@@ -140,6 +144,83 @@ test_exit_without_destructors_releases() {
   out=$(shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 exit)
   assertContains "$out" "exit ok"
   assertEquals "free after _exit" 0 "$(shimmed flock -w 5 "$C2/f" true; echo $?)"
+}
+
+# Crash torture: the lost-update workload while a killer SIGKILLs critical
+# sections at random.  Each section that completed logs the value it wrote:
+# no value may be written twice (that would be a lost update), and no
+# waiter may be left stuck.
+test_torture_random_kills() {
+  echo 0 >"$RIG/srv/counter"
+  local c pids=() w=0
+  for c in "$C1" "$C2" "$C1" "$C2"; do
+    w=$((w + 1))
+    (
+      export LD_PRELOAD=$SHIM_PRELOAD
+      for i in $(seq 40); do
+        flock "$c/counter.lk" sh -c '
+          n=$(cat "$1/counter") && echo $((n + 1)) >"$1/counter.$$" && mv "$1/counter.$$" "$1/counter" &&
+          echo $((n + 1)) >>"$2"' critical "$c" "$RIG/done.$w"
+      done
+    ) >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  local kills=0
+  while pgrep -P $$ -f "flock|seq" >/dev/null || kill -0 "${pids[0]}" 2>/dev/null ||
+    kill -0 "${pids[1]}" 2>/dev/null || kill -0 "${pids[2]}" 2>/dev/null || kill -0 "${pids[3]}" 2>/dev/null; do
+    local victim
+    victim=$(pgrep -f "^sh -c .*counter" | shuf -n 1)
+    [ -n "$victim" ] && kill -KILL "$victim" 2>/dev/null && kills=$((kills + 1))
+    sleep 0.0$((RANDOM % 5 + 1))
+  done
+  local p stuck=0
+  for p in "${pids[@]}"; do wait "$p" || true; done
+  local dups completed
+  dups=$(cat "$RIG"/done.* | sort | uniq -d | head -n 3 | tr '\n' ' ')
+  completed=$(cat "$RIG"/done.* | wc -l)
+  echo "torture: $kills kills, $completed completed sections, counter $(cat "$RIG/srv/counter")"
+  assertEquals "a value written twice means a lost update" "" "$dups"
+  assertTrue "some sections were killed" "[ $kills -gt 0 ]"
+  assertTrue "the counter covers every completed section" "[ $(cat "$RIG/srv/counter") -ge $completed ]"
+}
+
+# Faults: the share refuses the sidecar (read-only, full): ENOLCK and a
+# diagnostic, never an unprotected lock, nothing left behind.
+mount_extra_client() { # OPTIONS SRC DST
+  mkdir -p "$3" && bindfs -o "entry_timeout=0,attr_timeout=0,negative_timeout=0${1:+,$1}" "$2" "$3" \
+    2>>"$RIG/extra-mount.err" && EXTRA_MOUNTS+=("$3")
+}
+
+test_read_only_share_fails_loudly() {
+  mount_extra_client ro "$RIG/srv" "$RIG/ro" || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  echo data >"$RIG/srv/f"
+  local out
+  out=$(UUIDLOCK_PATHS=$RIG/ro shimmed "$LOCKDRV" open:5:"$RIG/ro/f" ex:5 2>"$RIG/err" 5<"$RIG/ro/f")
+  out=$(UUIDLOCK_PATHS=$RIG/ro LD_PRELOAD=$SHIM_PRELOAD python3 -c '
+import fcntl, sys
+f = open(sys.argv[1])
+try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("locked")
+except OSError as e:
+    print("errno", e.errno)
+' "$RIG/ro/f" 2>"$RIG/err")
+  assertEquals "ENOLCK" "errno 37" "$out"
+  assertContains "$(cat "$RIG/err")" "Read-only file system"
+}
+
+test_full_share_fails_loudly() {
+  mkdir "$RIG/small"
+  mount -t tmpfs -o size=64k tmpfs "$RIG/small" && EXTRA_MOUNTS+=("$RIG/small") || fail "no tmpfs"
+  echo data >"$RIG/small/f"
+  mount_extra_client "" "$RIG/small" "$RIG/full" || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  head -c 1M /dev/zero >"$RIG/small/filler" 2>/dev/null
+  local out
+  out=$(UUIDLOCK_PATHS=$RIG/full shimmed "$LOCKDRV" open:5:"$RIG/full/f" ex:5 2>"$RIG/err")
+  assertContains "$out" "ex:5 err ENOLCK"
+  assertContains "$(cat "$RIG/err")" "uuidlock: "
+  assertEquals "no half-written sidecar left" "" "$(ls "$RIG/small" | grep lock)"
+  umount "$RIG/full"
 }
 
 . shunit2
