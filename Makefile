@@ -12,6 +12,10 @@ GNULIB  := /usr/share/gnulib/lib
 CPPFLAGS_ALL := -std=gnu11 -D_GNU_SOURCE -idirafter $(GNULIB) $(WARN)
 PIC     := -fPIC -fvisibility=hidden
 
+PREFIX  ?= /usr/local
+LIBDIR  := $(PREFIX)/lib/uuidlock
+MANDIR  := $(PREFIX)/share/man
+
 CORE_SRC := $(wildcard src/core/*.c)
 SHIM_SRC := $(wildcard src/shim/*.c)
 KEEPER_SRC := src/keeper/keeper.c
@@ -25,8 +29,8 @@ INTERPOSED := flock fcntl fcntl64 __fcntl lockf lockf64 close fclose dup dup2 du
 DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-linux \
 	sqlite3 python3 perl procps clang libclang-rt-14-dev
 
-.PHONY: all asan fuzz check demo clean deps
-all: build/libuuidlock_shim.so build/uuidlock-keeper build/lockdrv build/lockdrv64
+.PHONY: all asan fuzz check demo clean deps install uninstall
+all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
 define flavour
@@ -48,6 +52,33 @@ $(eval $(call flavour,build,))
 $(eval $(call flavour,build/asan,$(SAN)))
 
 asan: build/asan/libuuidlock_shim.so build/asan/uuidlock-keeper
+
+# The command knows the library's absolute path (never a search, never "."):
+# build/uuidlock the one in build/, the installed one the installed one.
+CORE_OBJ := $(patsubst src/%.c,build/obj/%.o,$(CORE_SRC))
+build/uuidlock: src/cli/uuidlock.c $(CORE_OBJ) $(HEADERS)
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -DSHIM_PATH='"$(abspath build)/libuuidlock_shim.so"' \
+		-o $@ $< $(CORE_OBJ) -luuid
+build/installed/uuidlock: src/cli/uuidlock.c $(CORE_OBJ) $(HEADERS) FORCE
+	@mkdir -p build/installed
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -DSHIM_PATH='"$(LIBDIR)/libuuidlock_shim.so"' \
+		-o $@ $< $(CORE_OBJ) -luuid
+.PHONY: FORCE
+FORCE:
+
+install: build/libuuidlock_shim.so build/uuidlock-keeper build/installed/uuidlock
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
+	install -m 0644 build/libuuidlock_shim.so $(DESTDIR)$(LIBDIR)/libuuidlock_shim.so
+	install -m 0755 build/uuidlock-keeper $(DESTDIR)$(LIBDIR)/uuidlock-keeper
+	install -m 0755 build/installed/uuidlock $(DESTDIR)$(PREFIX)/bin/uuidlock
+	install -m 0644 man/uuidlock.1 $(DESTDIR)$(MANDIR)/man1/uuidlock.1
+	install -m 0644 man/libuuidlock_shim.7 $(DESTDIR)$(MANDIR)/man7/libuuidlock_shim.7
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libuuidlock_shim.so $(DESTDIR)$(LIBDIR)/uuidlock-keeper \
+		$(DESTDIR)$(PREFIX)/bin/uuidlock $(DESTDIR)$(MANDIR)/man1/uuidlock.1 \
+		$(DESTDIR)$(MANDIR)/man7/libuuidlock_shim.7
+	-rmdir $(DESTDIR)$(LIBDIR)
 
 build/lockdrv: tests/lockdrv.c | deps-headers
 	@mkdir -p build

@@ -1,5 +1,6 @@
 #include "client.h"
 
+#include "log.h"
 #include "sys.h"
 #include "timeutil.h"
 
@@ -157,7 +158,11 @@ int keeper_call(const struct config *c, const char *keeper_program,
 		}
 		/* A handler installed with SA_RESTART restarts recv() in the kernel,
 		 * one without makes it fail with EINTR: exactly as flock() behaves. */
-		ssize_t n = recv(fd, rep, sizeof *rep, 0);
+		ssize_t n;
+		while ((n = recv(fd, rep, sizeof *rep, 0)) == (ssize_t)sizeof *rep && rep->status == KEEPER_WAITING) {
+			rep->message[sizeof rep->message - 1] = '\0';
+			log_warn("%s", rep->message);
+		}
 		int err = errno;
 		sys_close(fd);
 		if (n == (ssize_t)sizeof *rep) {

@@ -81,8 +81,12 @@ static void bad_path(struct config *c, const char *dir, const char *why)
 
 static void add_managed_dir(struct config *c, const char *dir)
 {
+	if (strcmp(dir, "auto") == 0) {
+		c->auto_netfs = true;
+		return;
+	}
 	if (dir[0] != '/')
-		return bad_path(c, dir, "not an absolute path");
+		return bad_path(c, dir, "not an absolute path (nor auto)");
 	if (c->ndirs == CONFIG_MAX_DIRS)
 		return bad_path(c, dir, "too many directories");
 	struct managed_dir *d = &c->dirs[c->ndirs];
@@ -150,6 +154,13 @@ void config_load(struct config *c)
 			c->log_level = l;
 	}
 	log_set_level(c->log_level);
+	const char *file = getenv("UUIDLOCK_LOG_FILE");
+	if (file != NULL && file[0] != '/') {
+		bad(c, "UUIDLOCK_LOG_FILE", file, "not an absolute path");
+	} else if (file != NULL) {
+		load_text(c, "UUIDLOCK_LOG_FILE", c->log_file, sizeof c->log_file, false, "\n");
+		log_set_file(c->log_file);
+	}
 	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false);
 	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false);
 	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);

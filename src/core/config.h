@@ -29,9 +29,11 @@ struct config {
 	char prefix[CONFIG_PREFIX_MAX];
 	char suffix[CONFIG_SUFFIX_MAX];
 	char runtime_dir[RUNTIME_DIR_MAX];
+	char log_file[PATH_MAX]; /* empty: stderr */
 	int log_level;
 	unsigned ndirs;
 	struct managed_dir dirs[CONFIG_MAX_DIRS];
+	bool auto_netfs;    /* "auto" in UUIDLOCK_PATHS: every file on a network or FUSE filesystem */
 	bool invalid;       /* a variable was bad: managed lock calls fail */
 	bool paths_invalid; /* UUIDLOCK_PATHS itself was bad: every lock call fails */
 };

@@ -28,6 +28,7 @@ enum keeper_status {
 	KEEPER_TIMEOUT,  /* UUIDLOCK_TIMEOUT ran out */
 	KEEPER_FAILED,   /* the share refused: error and message say why */
 	KEEPER_DONE,     /* a check finished; a probe found the sidecar free */
+	KEEPER_WAITING,  /* not an answer: still waiting, message says for whom */
 };
 
 struct keeper_request {

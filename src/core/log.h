@@ -10,6 +10,9 @@ enum log_level { LOG_OFF, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 int log_level_parse(const char *s);
 void log_set_level(enum log_level level);
 void log_set_fd(int fd);
+/* Appends to this file instead (opened and closed per line, so the shim
+ * holds no descriptor a program could close or inherit). */
+void log_set_file(const char *path);
 int log_enabled(enum log_level level);
 
 void log_msg(enum log_level level, const char *fmt, ...)

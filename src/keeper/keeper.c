@@ -44,6 +44,7 @@
 #define MAX_CHECK_NS (NS_PER_SEC)
 #define READY_FD 3
 #define MAX_INODES 8
+#define SAY_WAITING_NS (5 * NS_PER_SEC) /* a blocking wait this long is reported once */
 
 enum entry_state { WAITING, VERIFYING, HELD };
 
@@ -83,6 +84,7 @@ struct conn {
 	struct entry *entry; /* what it waits for, once its request is read */
 	bool nonblocking;
 	int64_t deadline; /* < 0: none */
+	int64_t say_waiting_at; /* < 0: said, or nothing to say */
 	struct conn *next;
 };
 
@@ -285,6 +287,22 @@ static bool break_if_stale(struct entry *e, int64_t now)
 	return false;
 }
 
+/* The next attempt: between half and one retry interval from now, at random,
+ * so that hosts that lost a race don't stay in step.  So a waiting host makes
+ * at most 2/UUIDLOCK_RETRY_INTERVAL attempts a second per file (each an
+ * exclusive create and a read), and a released lock is taken within one
+ * retry interval plus the verification delay. */
+static int64_t next_attempt(const struct entry *e, int64_t now)
+{
+	static uint64_t seed;
+	if (seed == 0)
+		seed = (uint64_t)now ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+	seed ^= seed << 13;
+	seed ^= seed >> 7;
+	seed ^= seed << 17;
+	return now + e->retry_ns / 2 + (int64_t)(seed % (uint64_t)(e->retry_ns / 2 + 1));
+}
+
 /* Someone else holds the sidecar: non-blocking askers get "busy", the rest
  * wait for the next attempt; an entry nobody waits for is forgotten. */
 static void back_off(struct entry *e, int64_t now)
@@ -293,7 +311,7 @@ static void back_off(struct entry *e, int64_t now)
 	busy_message(e, msg, sizeof msg);
 	reply_waiters(e, true, KEEPER_BUSY, EWOULDBLOCK, msg);
 	e->state = WAITING;
-	e->next_step = now + e->retry_ns;
+	e->next_step = next_attempt(e, now);
 	if (count_waiters(e) == 0)
 		free_entry(e);
 }
@@ -534,6 +552,7 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 	c->entry = e;
 	c->nonblocking = req->nonblocking;
 	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
+	c->say_waiting_at = req->nonblocking ? -1 : now + SAY_WAITING_NS;
 	if (e->state == WAITING && e->next_step <= now)
 		step(e, now);
 }
@@ -599,15 +618,32 @@ static void accept_connections(void)
 			sys_close(fd);
 			return;
 		}
-		*c = (struct conn){ .fd = fd, .deadline = -1, .next = conns };
+		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .next = conns };
 		conns = c;
 	}
+}
+
+/* Like util-linux flock's verbose mode or the "locks" callback: a long
+ * wait says once who it waits for. */
+static void say_still_waiting(struct conn *c, int64_t now)
+{
+	c->say_waiting_at = -1;
+	struct keeper_reply r = { .status = KEEPER_WAITING };
+	char who[256];
+	sidecar_describe(c->entry->hold.path, who, sizeof who);
+	snprintf(r.message, sizeof r.message, "waiting %.0f s so far for %s, held by: %s",
+		 (double)SAY_WAITING_NS / NS_PER_SEC, c->entry->hold.path, who);
+	send(c->fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)now;
 }
 
 static void expire_deadlines(int64_t now)
 {
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
+		if (c->entry != NULL && c->say_waiting_at >= 0 && now >= c->say_waiting_at &&
+		    c->entry->state != HELD)
+			say_still_waiting(c, now);
 		if (c->entry == NULL || c->deadline < 0 || now < c->deadline)
 			continue;
 		char who[256];
@@ -629,9 +665,12 @@ static int64_t next_wakeup(int64_t now, int64_t idle_since)
 		if (at < 0 || due < at)
 			at = due;
 	}
-	for (struct conn *c = conns; c != NULL; c = c->next)
+	for (struct conn *c = conns; c != NULL; c = c->next) {
 		if (c->deadline >= 0 && (at < 0 || c->deadline < at))
 			at = c->deadline;
+		if (c->entry != NULL && c->say_waiting_at >= 0 && (at < 0 || c->say_waiting_at < at))
+			at = c->say_waiting_at;
+	}
 	if (idle_since >= 0 && (at < 0 || idle_since + IDLE_EXIT_NS < at))
 		at = idle_since + IDLE_EXIT_NS;
 	return at < 0 ? -1 : MAX(at - now, 0);

@@ -43,6 +43,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
 	}
 	switch (rep.status) {
 	case KEEPER_HELD:
+		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
 		/* Another client may have changed the file while we didn't hold it:
 		 * drop our cached pages so that we read what it wrote. */

@@ -2,6 +2,7 @@
 
 #include "../core/log.h"
 #include "../core/keeper_proto.h"
+#include "../core/netfs.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <same-inode.h>
@@ -79,6 +81,12 @@ static const struct managed_dir *dir_containing(const char *path, dev_t dev)
 	return NULL;
 }
 
+static bool on_network_fs(int fd)
+{
+	struct statfs fs;
+	return fstatfs(fd, &fs) == 0 && netfs_type((long)fs.f_type);
+}
+
 static bool on_managed_device(dev_t dev)
 {
 	for (unsigned i = 0; i < shim_config.ndirs; i++)
@@ -120,7 +128,8 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		log_error("cannot tell whether descriptor %d is managed: fstat: %s", fd, strerror(errno));
 		return REFUSED;
 	}
-	if (!on_managed_device(st.st_dev))
+	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
+	if (!auto_managed && !on_managed_device(st.st_dev))
 		return NOT_MANAGED;
 
 	char link[32], path[PATH_MAX];
@@ -131,7 +140,7 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	}
 	path[n] = '\0';
-	if (dir_containing(path, st.st_dev) == NULL)
+	if (!auto_managed && dir_containing(path, st.st_dev) == NULL)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
 		return REFUSED; /* reported at start-up */

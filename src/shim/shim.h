@@ -22,7 +22,7 @@ static inline bool shim_manages_nothing(void)
 {
 	if (!__atomic_load_n(&shim_initialized, __ATOMIC_ACQUIRE))
 		shim_init();
-	return shim_config.ndirs == 0 && !shim_config.invalid;
+	return shim_config.ndirs == 0 && !shim_config.auto_netfs && !shim_config.invalid;
 }
 
 /* A file a lock call concerns, as the sidecar protocol needs it. */
