@@ -32,7 +32,9 @@ unsigned long long process_start_time(pid_t pid)
 	char *p = strrchr(stat_line, ')');
 	if (p == NULL)
 		return 0;
-	p += 2; /* field 3 */
+	p += 2; /* field 3: the state; a zombie holds nothing and beats no heart */
+	if (*p == 'Z' || *p == 'X')
+		return 0;
 	for (int field = 3; field < 22 && p != NULL; field++) {
 		p = strchr(p, ' ');
 		if (p != NULL)

@@ -17,7 +17,8 @@
 void host_identity(char *out, size_t cap);
 
 /* The start time of pid (clock ticks since boot, field 22 of
- * /proc/PID/stat; pid 0 = this process), or 0 if there is no such process. */
+ * /proc/PID/stat; pid 0 = this process), or 0 if there is no such process
+ * (or only its zombie). */
 unsigned long long process_start_time(pid_t pid);
 
 /* True if pid is alive and still the process that started at start. */

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The uuidlock command, UUIDLOCK_PATHS=auto, diagnostics, install, man pages.
+. "$(dirname "$0")/rig.sh"
+
+UUIDLOCK=$TOP/build/uuidlock
+setUp() { rig_setup; }
+tearDown() { rig_teardown; }
+
+hold() {
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
+  HOLDER=$!
+}
+held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
+# kill_keeper_and_holder: SIGKILL both and wait until the keeper is really gone
+# (or a zombie: PID 1 here may not reap orphans).
+kill_keeper_and_holder() {
+  local k; k=$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.pid")
+  kill -KILL "$k" "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  local i
+  for i in $(seq 500); do
+    [ -r "/proc/$k/stat" ] || return 0
+    case $(awk '{ print $3 }' "/proc/$k/stat" 2>/dev/null) in Z|X|'') return 0 ;; esac
+    sleep 0.01
+  done
+}
+
+test_run_passes_exit_status_and_options() {
+  "$UUIDLOCK" run -p "$C1" --verify-delay 0.5 --timeout 3 --lease 9 --prefix ci- -- sh -c 'exit 7'
+  assertEquals "exit status" 7 $?
+  local env
+  env=$("$UUIDLOCK" run -p "$C1" --verify-delay 0.5 --retry-interval 0.2 --timeout 3 --lease 9 --prefix ci- \
+    --suffix .lck -v -- sh -c 'echo "$UUIDLOCK_PATHS|$UUIDLOCK_VERIFY_DELAY|$UUIDLOCK_RETRY_INTERVAL|$UUIDLOCK_TIMEOUT|$UUIDLOCK_LEASE|$UUIDLOCK_PREFIX|$UUIDLOCK_SUFFIX|$UUIDLOCK_LOG"')
+  assertEquals "$C1|0.5|0.2|3|9|ci-|.lck|info" "$env"
+  "$UUIDLOCK" run -p "$C1" -- /no/such/program 2>/dev/null
+  assertEquals "missing command" 127 $?
+  "$UUIDLOCK" run --verify-delay abc -- true 2>"$RIG/err"
+  assertEquals "bad option value" 2 $?
+  assertContains "$(cat "$RIG/err")" "uuidlock: not a number of seconds: abc"
+}
+
+test_run_stacks_with_an_existing_preload_and_never_searches_cwd() {
+  local other
+  other=$(ldconfig -p | awk '/libuuid\.so\.1 .*x86-64/ { print $NF; exit }')
+  mkdir "$RIG/cwd" && cp "$SHIM" "$RIG/cwd/libuuidlock_shim.so"
+  local preload
+  preload=$(cd "$RIG/cwd" && LD_PRELOAD=$other "$UUIDLOCK" run -p "$C1" -- sh -c 'echo "$LD_PRELOAD"')
+  assertEquals "ours first, then the existing one" "$SHIM $other" "$preload"
+}
+
+test_run_protects_a_program() {
+  "$UUIDLOCK" run -p "$C1:$C2" -- flock "$C1/f" sh -c 'touch "$1/held"; while [ ! -e "$1/go" ]; do sleep 0.01; done' \
+    sh "$RIG" &
+  local holder=$!
+  held
+  "$UUIDLOCK" run -p "$C1:$C2" -- flock -n "$C2/f" true
+  assertEquals "the other client is kept out" 1 $?
+  touch "$RIG/go"; wait $holder
+}
+
+test_status_free_held_dead_and_foreign() {
+  "$UUIDLOCK" status "$C1/f" >"$RIG/out"
+  assertEquals "free: exit 0" 0 $?
+  assertEquals "$C1/f: free" "$(cat "$RIG/out")"
+
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  "$UUIDLOCK" status "$C1/f" >"$RIG/out"
+  assertEquals "held: exit 1" 1 $?
+  assertContains "$(cat "$RIG/out")" "held by host $(hostname)"
+  assertContains "$(cat "$RIG/out")" "pid $HOLDER"
+  assertContains "$(cat "$RIG/out")" "holder alive"
+  "$UUIDLOCK" status --json "$C1/f" "$C1/g" >"$RIG/json"
+  assertEquals "json" "held alive free" "$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d[0]["state"], d[0]["holder"], d[1]["state"])' "$RIG/json")"
+
+  kill_keeper_and_holder
+  assertContains "a dead keeper's sidecar" "$("$UUIDLOCK" status "$C1/f")" "holder dead"
+  rm "$RIG/srv/f.lock"
+  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  assertContains "$("$UUIDLOCK" status "$C1/f")" "foreign format"
+}
+
+test_break_refuses_live_clears_dead_and_forces_foreign() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  "$UUIDLOCK" break "$C1/f" 2>"$RIG/err"
+  assertEquals "refuses a live holder" 1 $?
+  assertContains "$(cat "$RIG/err")" "is alive on this host"
+  assertTrue "still there" "[ -e '$RIG/srv/f.lock' ]"
+
+  kill_keeper_and_holder
+  assertContains "$("$UUIDLOCK" break "$C1/f")" "broke $C1/f.lock (its keeper on this host is gone)"
+  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+
+  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  "$UUIDLOCK" break "$C1/f" 2>/dev/null
+  assertEquals "refuses a foreign one" 1 $?
+  "$UUIDLOCK" break --force "$C1/f" 2>"$RIG/err" >/dev/null
+  assertEquals "forced" 0 $?
+  assertContains "$(cat "$RIG/err")" "warning"
+  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+}
+
+# auto: files on FUSE are managed, files on a local filesystem are not.
+test_auto_manages_network_and_fuse_filesystems_only() {
+  mkdir "$RIG/local"
+  UUIDLOCK_PATHS=auto LD_PRELOAD=$SHIM_PRELOAD "$LOCKDRV" open:5:"$C1/f" open:6:"$RIG/local/f" ex:5 ex:6 \
+    touch:"$RIG/held" wait:"$RIG/go" >/dev/null &
+  local holder=$!
+  held
+  assertTrue "a sidecar for the FUSE file" "[ -e '$RIG/srv/f.lock' ]"
+  assertFalse "none for the local file" "[ -e '$RIG/local/f.lock' ]"
+  UUIDLOCK_PATHS=auto shimmed flock -n "$C2/f" true
+  assertEquals "auto excludes across clients" 1 $?
+  touch "$RIG/go"; wait $holder
+}
+
+test_log_lines_and_log_file() {
+  UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 >/dev/null 2>"$RIG/err"
+  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f.lock"
+  assertEquals "nothing on stderr" "" "$(cat "$RIG/err")"
+}
+
+test_long_wait_says_who_holds_the_lock() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  shimmed flock -w 6 "$C2/f" true 2>"$RIG/err"
+  assertContains "$(cat "$RIG/err")" "uuidlock: waiting 5 s so far for $C2/f.lock, held by:"
+  assertContains "$(cat "$RIG/err")" "pid=$HOLDER"
+  touch "$RIG/go"; wait "$HOLDER"
+}
+
+test_install_and_run_the_installed_command_elsewhere() {
+  make -C "$TOP" -s install PREFIX="$RIG/prefix" >/dev/null || fail "make install"
+  local preload
+  preload=$(cd / && "$RIG/prefix/bin/uuidlock" run -p "$C1" -- sh -c 'echo "$LD_PRELOAD"')
+  assertEquals "the installed library" "$RIG/prefix/lib/uuidlock/libuuidlock_shim.so" "$preload"
+  (cd / && "$RIG/prefix/bin/uuidlock" run -p "$C1:$C2" --verify-delay 0.01 -- flock "$C1/f" true)
+  assertEquals "a lock through the installed library and keeper" 0 $?
+  assertTrue "man page installed" "[ -f '$RIG/prefix/share/man/man7/libuuidlock_shim.7' ]"
+
+  make -C "$TOP" -s install DESTDIR="$RIG/dest" PREFIX=/usr >/dev/null || fail "make install DESTDIR"
+  assertTrue "DESTDIR layout" "[ -x '$RIG/dest/usr/bin/uuidlock' ] && [ -f '$RIG/dest/usr/lib/uuidlock/libuuidlock_shim.so' ] && [ -x '$RIG/dest/usr/lib/uuidlock/uuidlock-keeper' ] && [ -f '$RIG/dest/usr/share/man/man1/uuidlock.1' ]"
+  make -C "$TOP" -s uninstall DESTDIR="$RIG/dest" PREFIX=/usr >/dev/null
+  assertEquals "uninstalled" "" "$(find "$RIG/dest" -type f)"
+}
+
+test_man_pages_render_without_warnings() {
+  local m out
+  for m in "$TOP"/man/uuidlock.1 "$TOP"/man/libuuidlock_shim.7; do
+    out=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$m" 2>&1 >/dev/null)
+    assertEquals "$m" "" "$out"
+    assertTrue "$m renders" "[ \$(MANWIDTH=80 man -l '$m' 2>/dev/null | wc -l) -gt 40 ]"
+  done
+}
+
+test_help_and_version() {
+  assertContains "$("$UUIDLOCK" --help)" "usage: uuidlock run"
+  assertContains "$("$UUIDLOCK" --version)" "uuidlock "
+  "$UUIDLOCK" frobnicate 2>"$RIG/err"
+  assertEquals 2 $?
+  assertContains "$(cat "$RIG/err")" "unknown command"
+}
+
+. shunit2
