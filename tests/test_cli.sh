@@ -1,28 +1,11 @@
 #!/usr/bin/env bash
 # The uuidlock command, UUIDLOCK_PATHS=auto, diagnostics, install, man pages.
-. "$(dirname "$0")/rig.sh"
+. "$(dirname "$0")/locking.sh"
 
 UUIDLOCK=$TOP/build/uuidlock
 setUp() { rig_setup; }
 tearDown() { rig_teardown; }
 
-hold() {
-  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
-  HOLDER=$!
-}
-held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
-# kill_keeper_and_holder: SIGKILL both and wait until the keeper is really gone
-# (or a zombie: PID 1 here may not reap orphans).
-kill_keeper_and_holder() {
-  local k; k=$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.pid")
-  kill -KILL "$k" "$HOLDER"; wait "$HOLDER" 2>/dev/null
-  local i
-  for i in $(seq 500); do
-    [ -r "/proc/$k/stat" ] || return 0
-    case $(awk '{ print $3 }' "/proc/$k/stat" 2>/dev/null) in Z|X|'') return 0 ;; esac
-    sleep 0.01
-  done
-}
 
 test_run_passes_exit_status_and_options() {
   "$UUIDLOCK" run -p "$C1" --verify-delay 0.5 --timeout 3 --lease 9 --prefix ci- -- sh -c 'exit 7'

@@ -3,7 +3,7 @@
 # quick on the same host, lease-based across hosts, and never admit two holders.
 # "Another host" is a process in its own pid namespace with its own keeper
 # (its own runtime directory): its host identity differs, as a machine's would.
-. "$(dirname "$0")/rig.sh"
+. "$(dirname "$0")/locking.sh"
 
 setUp() { rig_setup; EXTRA_MOUNTS=(); }
 tearDown() {
@@ -11,23 +11,6 @@ tearDown() {
   for m in "${EXTRA_MOUNTS[@]}"; do umount -l "$m" 2>/dev/null; done
   rig_teardown
 }
-
-hold() {
-  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
-  HOLDER=$!
-}
-held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
-keeper_pid() { cat "$UUIDLOCK_RUNTIME_DIR/keeper.pid"; }
-wait_no_sidecars() {
-  local i
-  for i in $(seq 500); do
-    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
-    sleep 0.01
-  done
-  assert_no_sidecars
-}
-elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
-between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
 
 # other_host CMD...: CMD as a process of another host: own pid namespace,
 # own keeper (which dies with the namespace when CMD ends).
@@ -50,7 +33,7 @@ test_dead_keeper_on_the_same_host_is_broken_at_once() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
   held
   local old; old=$(keeper_pid)
-  kill -KILL "$old" "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  kill_keeper_and_holder
   assertTrue "the dead keeper's sidecar is left behind" "[ -e '$RIG/srv/f.lock' ]"
   local t0=$EPOCHREALTIME
   assertEquals "a new keeper breaks it" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"
@@ -62,7 +45,7 @@ test_dead_keeper_on_the_same_host_is_broken_at_once() {
 test_other_host_breaks_after_the_lease() {
   UUIDLOCK_LEASE=2 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
   held
-  kill -KILL "$(keeper_pid)" "$HOLDER"; wait "$HOLDER" 2>/dev/null
+  kill_keeper_and_holder
   local t0=$EPOCHREALTIME
   UUIDLOCK_LEASE=2 other_host flock -w 20 "$C2/f" true
   assertEquals "the other host gets in" 0 $?

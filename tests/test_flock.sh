@@ -2,30 +2,11 @@
 # flock(2) through the shim on the two-client share: exclusion across
 # clients, the kernel's flock semantics as programs see them, and the
 # sidecar protocol's edges.
-. "$(dirname "$0")/rig.sh"
+. "$(dirname "$0")/locking.sh"
 
 setUp() { rig_setup; }
 tearDown() { rig_teardown; }
 
-# probe FILE: 0 if a shimmed `flock -n` gets FILE at once, 75 if it is held.
-probe() { shimmed flock -n -E 75 "$1" true; echo $?; }
-
-# hold STEP...: lockdrv in the background, output in $RIG/hold.out.
-hold() {
-  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
-  HOLDER=$!
-}
-
-# wait_no_sidecars: a lock ended by a process's exit is released by the
-# keeper's watch of /proc/locks, a retry interval later.
-wait_no_sidecars() {
-  local i
-  for i in $(seq 500); do
-    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
-    sleep 0.01
-  done
-  assert_no_sidecars
-}
 
 test_no_lost_updates_with_shim() {
   local got

@@ -1,26 +1,10 @@
 #!/usr/bin/env bash
 # POSIX record locks (fcntl, OFD, lockf) through the shim, driven by the real
 # programs that use them: python3, perl, sqlite3, and lockdrv.
-. "$(dirname "$0")/rig.sh"
+. "$(dirname "$0")/locking.sh"
 
 setUp() { rig_setup; }
 tearDown() { rig_teardown; }
-
-hold() {
-  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" "$@" >"$RIG/hold.out" 2>"$RIG/hold.err") &
-  HOLDER=$!
-}
-held() { wait_for_file "$RIG/held" || fail "holder never locked"; }
-release_holder() { touch "$RIG/go"; wait "$HOLDER"; }
-
-wait_no_sidecars() {
-  local i
-  for i in $(seq 500); do
-    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
-    sleep 0.01
-  done
-  assert_no_sidecars
-}
 
 # python3's fcntl.lockf (fcntl64 F_SETLK/F_SETLKW) excludes across clients.
 test_python_lockf_across_clients() {
