@@ -4,6 +4,8 @@
  *
  * Each step prints one line, "STEP ok" or "STEP err ENAME" (getlk and lockf
  * test also print what they found), and the next step runs regardless.
+ * A step that succeeds but changed errno prints "STEP ok errno-changed":
+ * a wrapper must leave errno alone.
  *
  *   open:FD:PATH           open PATH read-write (created) as descriptor FD
  *   ex:FD sh:FD un:FD      flock LOCK_EX / LOCK_SH / LOCK_UN
@@ -48,12 +50,14 @@ static char *field(char **rest)
 
 static int num(char **rest) { return atoi(field(rest)); }
 
+#define ERRNO_SENTINEL 4242 /* no real errno has this value */
+
 static void report(const char *step, int r)
 {
 	if (r < 0)
 		printf("%s err %s\n", step, strerrorname_np(errno));
 	else
-		printf("%s ok\n", step);
+		printf("%s ok%s\n", step, errno == ERRNO_SENTINEL ? "" : " errno-changed");
 	fflush(stdout);
 }
 
@@ -61,7 +65,7 @@ static void on_alarm(int sig) { (void)sig; }
 
 static short lock_type(const char *t)
 {
-	return t[0] == 'r' ? F_RDLCK : t[0] == 'w' ? F_WRLCK : F_UNLCK;
+	return t[0] == 'r' ? F_RDLCK : t[0] == 'w' ? F_WRLCK : t[0] == 'u' ? F_UNLCK : 99 /* invalid */;
 }
 
 static int record(const char *step, const char *name, char **rest)
@@ -80,6 +84,7 @@ static int record(const char *step, const char *name, char **rest)
 	struct flock fl = { .l_type = lock_type(field(rest)), .l_whence = SEEK_SET };
 	fl.l_start = atoll(field(rest));
 	fl.l_len = atoll(field(rest));
+	errno = ERRNO_SENTINEL;
 	int r = fcntl(fd, cmd, &fl);
 	if (r == 0 && (cmd == F_GETLK || cmd == F_OFD_GETLK)) {
 		printf("%s ok type=%s start=%lld len=%lld pid=%d\n", step,
@@ -99,6 +104,7 @@ static void run(char *step_text)
 	char *rest = step_text;
 	char *op = field(&rest);
 	int r = 0;
+	errno = ERRNO_SENTINEL;
 
 	if (strcmp(op, "open") == 0) {
 		int fd = num(&rest);

@@ -217,6 +217,19 @@ test_deleted_file_is_refused() {
   done
 }
 
+# Wrappers leave errno alone when a call succeeds, on every path.
+test_errno_is_preserved() {
+  mkdir "$RIG/local"
+  local out
+  out=$(shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 sh:5 dup:5:7 close:7 un:5 exnb:5 setlk:5:w:0:10 getlk:5:r:0:0 \
+    setlk:5:u:0:0 lockf:5:tlock:0 lockf:5:ulock:0 dup2:5:8 dup3:5:9 closerange:8:9 fclose:5 \
+    open:6:"$RIG/local/f" ex:6 setlk:6:w:0:0 close:6 getlk:5:x:0:0)
+  assertNotContains "$out" "errno-changed"
+  assertContains "a failing F_GETLK fails" "$out" "getlk:5:x:0:0 err EBADF"
+  out=$(shimmed "$LOCKDRV" open:5:"$C1/f" getlk:5:x:0:0)
+  assertContains "an invalid F_GETLK on a managed file fails" "$out" "getlk:5:x:0:0 err EINVAL"
+}
+
 test_runtime_dir_must_be_private() {
   chmod 0755 "$UUIDLOCK_RUNTIME_DIR"
   local out

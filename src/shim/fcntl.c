@@ -71,10 +71,10 @@ static bool is_sqlite_shm(const struct managed_file *mf)
 static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
 {
 	struct flock asked = *fl;
-	if (REAL(fcntl)(fd, cmd, fl) != 0 || fl->l_type != F_UNLCK)
-		return fl->l_type == F_UNLCK ? -1 : 0;
-	if (asked.l_type == F_UNLCK || !share_held_elsewhere(mf))
-		return 0;
+	if (REAL(fcntl)(fd, cmd, fl) != 0)
+		return -1;
+	if (fl->l_type != F_UNLCK || asked.l_type == F_UNLCK || !share_held_elsewhere(mf))
+		return 0; /* a local conflict (the kernel's answer), or none at all */
 	*fl = (struct flock){ .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = -1 };
 	return 0;
 }

@@ -26,6 +26,7 @@ static struct keeper_request new_request(enum keeper_op op)
 
 int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
 {
+	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
 	struct keeper_request req = new_request(KEEPER_ACQUIRE);
 	req.nonblocking = nonblocking;
 	req.dev = mf->dev;
@@ -48,6 +49,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
 		/* Another client may have changed the file while we didn't hold it:
 		 * drop our cached pages so that we read what it wrote. */
 		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		errno = saved_errno;
 		return 0;
 	case KEEPER_BUSY:
 		log_debug("%s", rep.message);
@@ -60,14 +62,15 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
 
 bool share_held_elsewhere(const struct managed_file *mf)
 {
+	int saved_errno = errno;
 	struct keeper_request req = new_request(KEEPER_PROBE);
 	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
 	struct keeper_reply rep = { 0 };
 	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
-	if (err == 0)
-		return rep.status == KEEPER_BUSY;
 	/* No keeper: this host holds nothing, so any sidecar is someone else's. */
-	return access(mf->sidecar, F_OK) == 0;
+	bool held = err == 0 ? rep.status == KEEPER_BUSY : access(mf->sidecar, F_OK) == 0;
+	errno = saved_errno;
+	return held;
 }
 
 void share_flush(int fd)
