@@ -30,7 +30,8 @@ DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-lin
 	sqlite3 python3 perl procps clang libclang-rt-14-dev
 
 .PHONY: all asan fuzz check demo clean deps install uninstall
-all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64
+all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64 \
+	build/early_lock.so
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
 define flavour
@@ -84,6 +85,11 @@ build/lockdrv: tests/lockdrv.c | deps-headers
 	@mkdir -p build
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
 
+# A library whose constructor locks before the shim's constructor runs.
+build/early_lock.so: tests/early_lock.c
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -fPIC -shared -o $@ $<
+
 # The same driver as a program built with 64-bit off_t calls fcntl64/lockf64.
 build/lockdrv64: tests/lockdrv.c | deps-headers
 	@mkdir -p build
@@ -125,3 +131,22 @@ demo: deps all
 
 clean:
 	rm -rf build
+
+# ---- benchmarks: `make bench` (bench/run.sh; `bench/run.sh --smoke` < 20 s) ----
+# linux-perf and valgrind are optional: only for looking into a missed target.
+BENCH_PACKAGES := python3-filelock liblockfile-bin strace
+.PHONY: bench bench-deps
+bench: deps bench-deps all build/microbench build/bench-empty.so
+	@bench/run.sh
+
+build/microbench: bench/microbench.c | deps-headers
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
+
+# An empty preloaded library: the start-up cost any LD_PRELOAD has.
+build/bench-empty.so: bench/empty.c
+	@mkdir -p build
+	$(CC) -shared $(PIC) $(CFLAGS) -o $@ $<
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"

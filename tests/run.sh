@@ -105,7 +105,7 @@ if [ -n "${UUIDLOCK_SANITIZE:-}" ]; then
   top=$(cd "$here/.." && pwd)
   sanlogs=$(mktemp -d) || exit 1
   export UUIDLOCK_TEST_PRELOAD="$(gcc -print-file-name=libasan.so) $top/build/asan/libuuidlock_shim.so"
-  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:log_path=$sanlogs/asan"
+  export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:verify_asan_link_order=0:log_path=$sanlogs/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$sanlogs/ubsan"
   for suite in $UUIDLOCK_SANITIZE; do run_suite "$here/$suite" "$suite (asan+ubsan)"; done
   if [ -n "$(ls -A "$sanlogs")" ]; then

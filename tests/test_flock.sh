@@ -217,6 +217,21 @@ test_deleted_file_is_refused() {
   done
 }
 
+# Another library's constructor may lock before ours has run, in either
+# preload order: the shim resolves libc and reads its configuration lazily.
+test_a_library_constructor_can_lock_before_ours() {
+  local order out
+  for order in "$SHIM_PRELOAD $TOP/build/early_lock.so" "$TOP/build/early_lock.so $SHIM_PRELOAD"; do
+    rm -f "$RIG/held"
+    out=$(EARLY_LOCK_FILE=$C1/f LD_PRELOAD=$order "$LOCKDRV" touch:"$RIG/held" wait:"$RIG/go" 2>&1 &
+      held; echo "probe $(probe "$C2/f")"; touch "$RIG/go"; wait)
+    assertContains "$order" "$out" "early lock ok"
+    assertContains "$order: the early lock is held across clients" "$out" "probe 75"
+    rm -f "$RIG/go"
+    wait_no_sidecars
+  done
+}
+
 # Wrappers leave errno alone when a call succeeds, on every path.
 test_errno_is_preserved() {
   mkdir "$RIG/local"
