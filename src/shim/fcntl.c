@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 enum arg_kind { ARG_NONE, ARG_INT, ARG_POINTER };
 
@@ -90,6 +91,7 @@ static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 	if (REAL(fcntl)(fd, cmd, fl) != 0)
 		return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
 	if (unlock) {
+		log_info("unlocked a range of %s (pid %ld)", mf->sidecar, (long)getpid());
 		share_check();
 		return 0;
 	}

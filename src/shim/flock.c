@@ -7,8 +7,11 @@
 #include "real.h"
 #include "share.h"
 
+#include "../core/log.h"
+
 #include <errno.h>
 #include <sys/file.h>
+#include <unistd.h>
 
 static int flock_managed(int fd, int op, const struct managed_file *mf)
 {
@@ -18,6 +21,7 @@ static int flock_managed(int fd, int op, const struct managed_file *mf)
 	if (REAL(flock)(fd, op) != 0)
 		return -1; /* EINVAL, EBADF, EWOULDBLOCK or EINTR: exactly the kernel's */
 	if (unlock) {
+		log_info("unlocked %s (pid %ld)", mf->sidecar, (long)getpid());
 		share_check();
 		return 0;
 	}
