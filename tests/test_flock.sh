@@ -198,7 +198,7 @@ test_share_refusing_the_sidecar_gives_enolck() {
   out=$(shimmed "$LOCKDRV" open:5:"$C1/$long" ex:5 2>"$RIG/err")
   assertContains "$out" "ex:5 err ENOLCK"
   assertContains "$(cat "$RIG/err")" "uuidlock: "
-  assertContains "$(cat "$RIG/err")" "File name too long"
+  assertContains "names the sidecar" "$(cat "$RIG/err")" "cannot create sidecar $C1/$long.lock: "
   hold open:5:"$C1/$long" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   wait_for_file "$RIG/held" || fail "holder never ran"
   assertEquals "the kernel lock was given back" 0 "$(flock -n -E 75 "$C1/$long" true; echo $?)"

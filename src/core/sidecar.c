@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uuid/uuid.h>
@@ -71,8 +72,15 @@ static int write_all(int fd, const char *buf, size_t len)
 int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *who)
 {
 	int fd = open(h->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return errno;
+	if (fd < 0) {
+		int err = errno;
+		/* sshfs reports an exclusive create that lost a race as EPERM (SFTP v3
+		 * has no "file exists" status): if the name exists now, it is held. */
+		struct stat st;
+		if (err != EEXIST && lstat(h->path, &st) == 0)
+			return EEXIST;
+		return err;
+	}
 
 	char host[256] = "unknown";
 	gethostname(host, sizeof host - 1);
