@@ -17,6 +17,9 @@ LIBDIR  := $(PREFIX)/lib/uuidlock
 MANDIR  := $(PREFIX)/share/man
 
 CORE_SRC := $(wildcard src/core/*.c)
+# The part of the core the preloaded library needs: not the protocol itself
+# (the keeper runs it), so programs don't load libuuid for nothing.
+SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/netfs.c
 SHIM_SRC := $(wildcard src/shim/*.c)
 KEEPER_SRC := src/keeper/keeper.c
 HEADERS := $(wildcard src/*/*.h)
@@ -39,9 +42,9 @@ $(1)/obj/%.o: src/%.c $(HEADERS) | deps-headers
 	@mkdir -p $$(dir $$@)
 	$(CC) $(CPPFLAGS_ALL) $(PIC) $(CFLAGS) $(2) -c -o $$@ $$<
 
-$(1)/libuuidlock_shim.so: $(patsubst src/%.c,$(1)/obj/%.o,$(CORE_SRC) $(SHIM_SRC)) src/shim/shim.map
+$(1)/libuuidlock_shim.so: $(patsubst src/%.c,$(1)/obj/%.o,$(SHIM_CORE_SRC) $(SHIM_SRC)) src/shim/shim.map
 	$(CC) -shared $(CFLAGS) $(2) -Wl,--version-script=src/shim/shim.map -Wl,-z,defs \
-		-o $$@ $$(filter %.o,$$^) -luuid -ldl -lpthread
+		-o $$@ $$(filter %.o,$$^) -ldl -lpthread
 	@sh tests/check-symbols.sh $$@ "$(INTERPOSED)" $$(filter %.o,$$^)
 
 $(1)/uuidlock-keeper: $(patsubst src/%.c,$(1)/obj/%.o,$(CORE_SRC) $(KEEPER_SRC))

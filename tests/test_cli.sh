@@ -103,7 +103,7 @@ test_auto_manages_network_and_fuse_filesystems_only() {
 test_log_lines_and_log_file() {
   UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 >/dev/null 2>"$RIG/err"
   assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f.lock"
-  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: unlocked $C1/f.lock"
+  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: unlocked descriptor 5"
   assertEquals "nothing on stderr" "" "$(cat "$RIG/err")"
 }
 

@@ -38,7 +38,8 @@ struct config {
 	bool paths_invalid; /* UUIDLOCK_PATHS itself was bad: every lock call fails */
 };
 
-/* Reads the environment into *c, reporting every bad variable. */
+/* Reads the environment into *c, which must be zero-initialised (a static
+ * struct is), reporting every bad variable. */
 void config_load(struct config *c);
 
 /* Parses a locale-independent decimal number of seconds ("1", "0.25", "-1")

@@ -50,8 +50,16 @@ char *proclocks_read(void)
 
 /* A line looks like "12: FLOCK  ADVISORY  WRITE 1867 00:27:10952775 0 EOF",
  * a blocked waiter like "12: -> FLOCK  ADVISORY  WRITE ...". */
-static bool line_holds(const char *line, unsigned major_, unsigned minor_, uint64_t ino, long *holder)
+static bool line_holds(const char *listing_line, unsigned major_, unsigned minor_, uint64_t ino, long *holder)
 {
+	/* sscanf on a copy: on the listing itself glibc's sscanf would strlen the
+	 * whole rest of it for every line (quadratic with many locks). */
+	char line[256];
+	size_t n = strcspn(listing_line, "\n");
+	if (n >= sizeof line)
+		return false;
+	memcpy(line, listing_line, n);
+	line[n] = '\0';
 	char type[16], rw[16];
 	unsigned ma, mi;
 	unsigned long long in;

@@ -126,6 +126,10 @@ ssize_t sidecar_read_head(const char *path, char *buf, size_t cap)
 		if (n == 0)
 			break;
 		len += (size_t)n;
+		/* A short read that ends a line is the end of a small file: spare the
+		 * share the round trip that would only say so. */
+		if (len < cap - 1 && buf[len - 1] == '\n')
+			break;
 	}
 	sys_close(fd);
 	buf[len] = '\0';

@@ -307,9 +307,14 @@ static int64_t next_attempt(const struct entry *e, int64_t now)
  * wait for the next attempt; an entry nobody waits for is forgotten. */
 static void back_off(struct entry *e, int64_t now)
 {
-	char msg[512];
-	busy_message(e, msg, sizeof msg);
-	reply_waiters(e, true, KEEPER_BUSY, EWOULDBLOCK, msg);
+	bool nonblocking_waiter = false;
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		nonblocking_waiter |= c->entry == e && c->nonblocking;
+	if (nonblocking_waiter) { /* reading the holder costs the share a round trip */
+		char msg[512];
+		busy_message(e, msg, sizeof msg);
+		reply_waiters(e, true, KEEPER_BUSY, EWOULDBLOCK, msg);
+	}
 	e->state = WAITING;
 	e->next_step = next_attempt(e, now);
 	if (count_waiters(e) == 0)

@@ -83,18 +83,22 @@ static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 /* Takes or drops a record lock (classic or OFD) on a managed file: the kernel
  * first, for exact local semantics (ranges, upgrades, splitting, the close
  * rule, EDEADLK), then the sidecar, which covers the whole file. */
+static int unlock_range(int fd, int cmd, struct flock *fl)
+{
+	share_flush(fd);
+	if (REAL(fcntl)(fd, cmd, fl) != 0)
+		return -1;
+	log_info("unlocked a range through descriptor %d (pid %ld)", fd, (long)getpid());
+	share_check();
+	return 0;
+}
+
 static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
 {
-	bool unlock = fl->l_type == F_UNLCK;
-	if (unlock)
-		share_flush(fd);
+	if (fl->l_type == F_UNLCK)
+		return unlock_range(fd, cmd, fl);
 	if (REAL(fcntl)(fd, cmd, fl) != 0)
 		return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
-	if (unlock) {
-		log_info("unlocked a range of %s (pid %ld)", mf->sidecar, (long)getpid());
-		share_check();
-		return 0;
-	}
 	bool nonblocking = cmd == F_SETLK || cmd == F_OFD_SETLK;
 	int err = share_acquire(fd, mf, nonblocking);
 	if (err == 0)
@@ -110,6 +114,10 @@ static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 
 int record_lock(int fd, int cmd, struct flock *fl)
 {
+	/* As for flock: a descriptor we locked through unlocks without a lookup. */
+	bool sets = cmd != F_GETLK && cmd != F_OFD_GETLK;
+	if (sets && fl->l_type == F_UNLCK && fdtrack_test(fd))
+		return unlock_range(fd, cmd, fl);
 	struct managed_file mf;
 	switch (managed_lookup(fd, &mf)) {
 	case NOT_MANAGED:

@@ -4,6 +4,7 @@
  * of this host it gives the exact flock semantics (per open file description,
  * dup, fork, close, conversions, two open()s conflicting).  Only the first
  * local holder makes the host take the sidecar, through the keeper. */
+#include "fdtrack.h"
 #include "real.h"
 #include "share.h"
 
@@ -13,18 +14,24 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+/* Unlock: flush, let the kernel unlock, let the keeper release what nobody
+ * holds now.  No need to know which file it is. */
+static int flock_unlock_managed(int fd, int op)
+{
+	share_flush(fd);
+	if (REAL(flock)(fd, op) != 0)
+		return -1;
+	log_info("unlocked descriptor %d (pid %ld)", fd, (long)getpid());
+	share_check();
+	return 0;
+}
+
 static int flock_managed(int fd, int op, const struct managed_file *mf)
 {
-	bool unlock = (op & ~LOCK_NB) == LOCK_UN;
-	if (unlock)
-		share_flush(fd);
+	if ((op & ~LOCK_NB) == LOCK_UN)
+		return flock_unlock_managed(fd, op);
 	if (REAL(flock)(fd, op) != 0)
 		return -1; /* EINVAL, EBADF, EWOULDBLOCK or EINTR: exactly the kernel's */
-	if (unlock) {
-		log_info("unlocked %s (pid %ld)", mf->sidecar, (long)getpid());
-		share_check();
-		return 0;
-	}
 	int err = share_acquire(fd, mf, op & LOCK_NB);
 	if (err == 0)
 		return 0;
@@ -39,6 +46,10 @@ EXPORT int flock(int fd, int op)
 {
 	if (shim_manages_nothing())
 		return REAL(flock)(fd, op);
+	/* A descriptor we locked through (or a copy) unlocks without the lookup's
+	 * round trips to the share; any other goes through the lookup. */
+	if ((op & ~LOCK_NB) == LOCK_UN && fdtrack_test(fd))
+		return flock_unlock_managed(fd, op);
 	struct managed_file mf;
 	switch (managed_lookup(fd, &mf)) {
 	case MANAGED:

@@ -44,7 +44,6 @@ static void init_once_body(void)
 	initializing = true;
 	int saved = errno;
 	config_load(&shim_config);
-	find_keeper_program();
 	errno = saved;
 	__atomic_store_n(&shim_initialized, true, __ATOMIC_RELEASE);
 	initializing = false;
@@ -66,8 +65,13 @@ __attribute__((constructor)) static void shim_constructor(void)
 	shim_init();
 }
 
+/* Only a keeper spawn needs it: not worth four readlinks at every start. */
 const char *shim_keeper_program(void)
 {
+	static pthread_once_t found = PTHREAD_ONCE_INIT;
+	int saved = errno;
+	pthread_once(&found, find_keeper_program);
+	errno = saved;
 	return keeper_program;
 }
 

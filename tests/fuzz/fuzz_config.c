@@ -38,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		else
 			setenv(vars[i], value, 1);
 	}
-	struct config c;
+	static struct config c;
+	memset(&c, 0, sizeof c);
 	config_load(&c);
 	if (c.ndirs > CONFIG_MAX_DIRS || (!c.invalid && (c.verify_delay_ns < 0 || c.retry_interval_ns <= 0)))
 		abort();
