@@ -30,11 +30,11 @@ INTERPOSED := flock fcntl fcntl64 __fcntl lockf lockf64 close fclose dup dup2 du
 
 # Debian packages that building, testing and the demo need.
 DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-linux \
-	sqlite3 python3 perl procps clang libclang-rt-14-dev
+	sqlite3 python3 perl procps clang libclang-rt-14-dev openssh-server openssh-client sshfs
 
 .PHONY: all asan fuzz check demo clean deps install uninstall
 all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64 \
-	build/early_lock.so
+	build/early_lock.so build/latency-relay
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
 define flavour
@@ -88,6 +88,11 @@ build/lockdrv: tests/lockdrv.c | deps-headers
 	@mkdir -p build
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
 
+# The test rig's added network latency for sshfs (UUIDLOCK_TEST_LATENCY_MS).
+build/latency-relay: tests/latency-relay.c | deps-headers
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -o $@ $<
+
 # A library whose constructor locks before the shim's constructor runs.
 build/early_lock.so: tests/early_lock.c
 	@mkdir -p build
@@ -125,9 +130,13 @@ deps:
 		echo "missing Debian packages; run as root:  apt-get install $$missing" >&2; exit 1; \
 	fi
 
-# Every suite, then the flock, POSIX and crash suites again with the sanitizer build.
+# Every suite on the bindfs share; the cross-client suites again on sshfs (and
+# the flock suite with 1 ms added per round trip); the flock, POSIX and crash
+# suites again with the sanitizer build.
 check: deps all asan fuzz
-	@UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
+	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh" \
+	 UUIDLOCK_SSHFS_1MS="test_flock.sh" \
+	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh

@@ -1,9 +1,16 @@
 # shellcheck shell=bash
 # tests/rig.sh - test rig sourced by every shunit2 suite (and by demo.sh).
 #
-# It fakes a network share on one machine: two bindfs mounts ($C1, $C2) of one
+# It fakes a network share on one machine: two FUSE mounts ($C1, $C2) of one
 # directory ($RIG/srv) behave like two client hosts whose kernel locks do not
 # see each other. See /work/shared/FACTS.md for the measurements behind it.
+#
+# UUIDLOCK_TEST_SHARE picks the kind of client mount (read by rig_setup):
+#   bindfs  (default) two bindfs mounts of $RIG/srv.
+#   sshfs   two sshfs mounts of $RIG/srv, each over its own ssh connection to
+#           a private sshd (packages openssh-server openssh-client sshfs).
+# UUIDLOCK_TEST_LATENCY_MS (sshfs only; default 0, fractions allowed) adds
+# that much to every round trip (half each way) with build/latency-relay.
 #
 # Typical suite:
 #   . "$(dirname "$0")/rig.sh"
@@ -22,10 +29,16 @@ export TOP SHIM LOCKDRV SHIM_PRELOAD
 
 # Per-rig state (reset by rig_teardown).
 RIG=
-_RIG_FUSE_PIDS=
+_RIG_SHARE=       # bindfs or sshfs
+_RIG_FUSE_PIDS=   # the two client daemons
 
 # Mount options: no FUSE caching, or one client sees stale names/attributes.
 _RIG_BINDFS_OPTS=entry_timeout=0,attr_timeout=0,negative_timeout=0
+# sshfs also caches names and attributes itself (20 s by default):
+# dir_cache=no turns that off (sshfs 3.x; 2.x called it cache=no).  Writes stay
+# asynchronous (no sshfs_sync), as on a real share: they have reached the
+# server by the time close() or fsync() returns.
+_RIG_SSHFS_OPTS=$_RIG_BINDFS_OPTS,dir_cache=no
 
 # --- small helpers ----------------------------------------------------------
 
@@ -83,7 +96,7 @@ _rig_tree() {
 
 # PIDs of processes whose environment carries UUIDLOCK_RIG=$RIG, i.e. anything
 # a test started (even double-forked or setsid'd), unless it cleared its env;
-# not the bindfs daemons (unmounted separately). Pure bash on purpose: an
+# not the bindfs/sshfs daemons (unmounted separately). Pure bash on purpose: an
 # external grep would itself carry the variable.
 _rig_env_pids() {
   local d kv
@@ -95,23 +108,116 @@ _rig_env_pids() {
   done
 }
 
-_rig_mount() { # SRC DST : start a bindfs client in the foreground, wait for it
-  local pid end
-  mkdir -p "$2" || return 1
-  # In a subshell so bindfs is not a job of the test shell (rig_teardown's
+# _rig_ssh_prepare: $RIG/ssh with throw-away host and user keys, a private
+# sshd_config and the ssh_config sshfs uses.  Nothing listens anywhere: ssh's
+# ProxyCommand runs `sshd -i` (inetd mode), which speaks SSH over its pipe to
+# ssh and has no socket at all, so there is no port to pick or leak and no
+# network namespace to set up.  Nothing reads or writes ~/.ssh (ssh -F).
+_rig_ssh_prepare() {
+  local s=$RIG/ssh ms=${UUIDLOCK_TEST_LATENCY_MS:-0} proxy user
+  user=$(id -un)
+  mkdir -m 0700 "$s" || return 1
+  ssh-keygen -q -t ed25519 -N '' -C uuidlock-rig-host -f "$s/host_key" &&
+    ssh-keygen -q -t ed25519 -N '' -C uuidlock-rig-user -f "$s/id" || return 1
+  cp "$s/id.pub" "$s/authorized_keys" &&
+    echo "rig $(cat "$s/host_key.pub")" >"$s/known_hosts" || return 1
+  # Our own copy of sshd: sshd rewrites its command line ("sshd: root@notty"),
+  # but /proc/PID/exe still names the copy, so rig_teardown and tests/run.sh
+  # can tell this rig's sshd processes from any other.
+  cp /usr/sbin/sshd "$s/sshd" || return 1
+  # sshd's privilege separation directory is compiled in; the package creates
+  # it only when its service starts (never, here).
+  [ -d /run/sshd ] || mkdir -m 0755 /run/sshd || [ -d /run/sshd ] || return 1
+  # Root by key only.  StrictModes off: $RIG is under /tmp, world-writable.
+  cat >"$s/sshd_config" <<EOF || return 1
+HostKey $s/host_key
+AuthorizedKeysFile $s/authorized_keys
+AllowUsers $user
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+AllowTcpForwarding no
+AllowAgentForwarding no
+X11Forwarding no
+PermitTTY no
+PrintMotd no
+UseDNS no
+LogLevel ERROR
+EOF
+  # -e: sshd logs to stderr, which ends up in $RIG/sshfs.log.
+  proxy="$s/sshd -i -e -f $s/sshd_config"
+  case $ms in
+    0|0.0) ;;
+    ''|*[!0-9.]*|*.*.*|.) _rig_log "UUIDLOCK_TEST_LATENCY_MS is not a number of ms: '$ms'"; return 1 ;;
+    *)
+      [ -x "$TOP/build/latency-relay" ] || { _rig_log "no build/latency-relay (make)"; return 1; }
+      proxy="$TOP/build/latency-relay $ms $proxy" ;;
+  esac
+  cat >"$s/ssh_config" <<EOF
+Host rig
+  User $user
+  ProxyCommand $proxy
+  IdentityFile $s/id
+  IdentitiesOnly yes
+  IdentityAgent none
+  UserKnownHostsFile $s/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  UpdateHostKeys no
+  CheckHostIP no
+  BatchMode yes
+  ControlMaster no
+  ControlPath none
+  Compression no
+  LogLevel ERROR
+EOF
+}
+
+# _rig_mount_start DST : start one client daemon (bindfs or sshfs) of
+# $RIG/srv on DST, in the background; its PID goes to _RIG_FUSE_PIDS.
+_rig_mount_start() {
+  local pid
+  mkdir -p "$1" || return 1
+  # In a subshell so the daemon is not a job of the test shell (rig_teardown's
   # "kill leftover jobs" must not hit it); -f keeps it in the foreground, so
   # $! is the daemon itself: no guessing its PID from the process table.
-  pid=$(bindfs -f -o "$_RIG_BINDFS_OPTS" "$1" "$2" \
-          </dev/null >>"$RIG/bindfs.log" 2>&1 & echo $!)
+  if [ "$_RIG_SHARE" = sshfs ]; then
+    # Untagged: ssh and sshd (sshfs's children) must survive rig_teardown's
+    # killing of tagged processes, until the unmount ends them.
+    pid=$(env -u UUIDLOCK_RIG sshfs -f -F "$RIG/ssh/ssh_config" -o "$_RIG_SSHFS_OPTS" \
+            "rig:$RIG/srv" "$1" </dev/null >>"$RIG/sshfs.log" 2>&1 & echo $!)
+  else
+    pid=$(bindfs -f -o "$_RIG_BINDFS_OPTS" "$RIG/srv" "$1" \
+            </dev/null >>"$RIG/bindfs.log" 2>&1 & echo $!)
+  fi
   _RIG_FUSE_PIDS+=" $pid"
+}
+
+# _rig_mount_wait DST PID : wait until DST is mounted by PID (10 s at most).
+_rig_mount_wait() {
+  local end
   end=$(( $(_rig_now_us) + 10000000 ))
-  until mountpoint -q "$2"; do
-    if ! _rig_alive "$pid" || [ "$(_rig_now_us)" -ge "$end" ]; then
-      _rig_log "bindfs failed to mount $2:"; cat "$RIG/bindfs.log" >&2
+  until mountpoint -q "$1"; do
+    if ! _rig_alive "$2" || [ "$(_rig_now_us)" -ge "$end" ]; then
+      _rig_log "$_RIG_SHARE failed to mount $1:"; cat "$RIG/$_RIG_SHARE.log" >&2
       return 1
     fi
     sleep 0.01
   done
+}
+
+# PIDs of the sshfs rig's processes: sshfs and ssh (double-forked by sshfs,
+# so not its child) and latency-relay name $RIG/ssh/ in their command lines;
+# sshd runs the copy in $RIG/ssh.
+_rig_ssh_pids() {
+  [ -d "$RIG/ssh" ] || return 0
+  pgrep -f -- "$RIG/ssh/"
+  find /proc -maxdepth 2 -path '/proc/[0-9]*/exe' -lname "$RIG/ssh/*" 2>/dev/null |
+    awk -F/ '{ print $3 }'
 }
 
 _rig_umount() { # DIR : unmount, retrying while busy; lazy as a last resort
@@ -136,9 +242,26 @@ rig_setup() {
   export RIG C1 C2
   export UUIDLOCK_RIG=$RIG   # tags every process the test starts (teardown)
   mkdir "$RIG/srv" && mkdir -m 0700 "$RIG/run" || return 1
-  _rig_mount "$RIG/srv" "$C1" && _rig_mount "$RIG/srv" "$C2" || return 1
+  _RIG_SHARE=${UUIDLOCK_TEST_SHARE:-bindfs}
+  case $_RIG_SHARE in
+    bindfs) [ "${UUIDLOCK_TEST_LATENCY_MS:-0}" = 0 ] ||
+              { _rig_log "UUIDLOCK_TEST_LATENCY_MS needs UUIDLOCK_TEST_SHARE=sshfs"; return 1; } ;;
+    sshfs) _rig_ssh_prepare || return 1 ;;
+    *) _rig_log "UUIDLOCK_TEST_SHARE is bindfs or sshfs, not '$_RIG_SHARE'"; return 1 ;;
+  esac
+  # Both clients mount at once (an sshfs mount is mostly ssh's handshake).
+  _rig_mount_start "$C1" && _rig_mount_start "$C2" || return 1
+  # shellcheck disable=SC2086 # two PIDs
+  set -- $_RIG_FUSE_PIDS
+  _rig_mount_wait "$C1" "$1" && _rig_mount_wait "$C2" "$2" || return 1
   export UUIDLOCK_RUNTIME_DIR=$RIG/run
   export UUIDLOCK_VERIFY_DELAY=0.01 UUIDLOCK_RETRY_INTERVAL=0.01
+  # A breaker deletes a stale sidecar only if re-reading it (about 5 round
+  # trips) took less than half the verification delay; with added latency
+  # 0.01 s would never break anything: give it 20 round trips more.
+  if [ "${UUIDLOCK_TEST_LATENCY_MS:-0}" != 0 ]; then
+    UUIDLOCK_VERIFY_DELAY=$(awk -v ms="$UUIDLOCK_TEST_LATENCY_MS" 'BEGIN { print 0.01 + ms * 0.02 }')
+  fi
   export UUIDLOCK_PATHS="$C1:$C2"
   # Settings a caller's environment must not leak into the tests.
   unset UUIDLOCK_TIMEOUT UUIDLOCK_PREFIX UUIDLOCK_SUFFIX
@@ -166,11 +289,16 @@ rig_teardown() {
   _rig_kill 2 $(_rig_env_pids) $(pgrep -f "uuidlock-keeper .*$RIG/")
 
   case $PWD/ in "$RIG"/*) cd / || return 1 ;; esac   # our cwd would keep it busy
+  # The daemons and their helpers (ssh, [latency-relay,] sshd), listed while
+  # they are still there. Unmounting ends them all: sshfs exits, then ssh and
+  # sshd see EOF.
+  local fuse
+  fuse="$_RIG_FUSE_PIDS $(_rig_ssh_pids)"
   _rig_umount "$RIG/c1"; _rig_umount "$RIG/c2"
   # shellcheck disable=SC2086
-  if [ -n "$_RIG_FUSE_PIDS" ] && ! _rig_wait_gone 5 $_RIG_FUSE_PIDS; then
-    _rig_log "bindfs did not exit after unmount; killing it"
-    _rig_kill 1 $_RIG_FUSE_PIDS
+  if ! _rig_wait_gone 5 $fuse; then
+    _rig_log "${_RIG_SHARE:-bindfs} did not exit after unmount; killing it"
+    _rig_kill 1 $fuse
   fi
 
   # Never rm -rf through a mount that is somehow still there.
@@ -178,7 +306,7 @@ rig_teardown() {
     _rig_log "still mounted, leaving $RIG"; return 1
   fi
   rm -rf "$RIG"
-  RIG='' _RIG_FUSE_PIDS=''
+  RIG='' _RIG_FUSE_PIDS='' _RIG_SHARE=''
   unset UUIDLOCK_RIG UUIDLOCK_RUNTIME_DIR UUIDLOCK_PATHS
 }
 

@@ -8,7 +8,9 @@
 # a sanitizer build) passes through to the suites; UUIDLOCK_TEST_TIMEOUT is
 # the per-suite limit in seconds (default 600); UUIDLOCK_SANITIZE="SUITE..."
 # runs those suites once more with build/asan/ (ASan+UBSan shim and keeper),
-# failing on any sanitizer report.
+# failing on any sanitizer report; UUIDLOCK_SSHFS="SUITE..." and
+# UUIDLOCK_SSHFS_1MS="SUITE..." run those suites again on the sshfs share
+# (at 0 and 1 ms added latency).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 limit=${UUIDLOCK_TEST_TIMEOUT:-600}
@@ -22,12 +24,19 @@ else
   suites=("$here"/test_*.sh)
 fi
 
-# What a suite must not leave behind: mounts, bindfs daemons and keepers of
-# its rigs, which rig.sh names /tmp/uuidlock-rig.$UUIDLOCK_RIG_ID.XXXXXX.
+# What a suite must not leave behind: mounts, bindfs/sshfs daemons, ssh,
+# latency-relay and sshd processes, and keepers of its rigs, which rig.sh
+# names /tmp/uuidlock-rig.$UUIDLOCK_RIG_ID.XXXXXX. sshd rewrites its command
+# line, but runs the rig's own copy of the binary: found by /proc/PID/exe.
 leftovers() {
   local rigs="/tmp/uuidlock-rig\.$UUIDLOCK_RIG_ID\."
   grep -o " ${rigs}[^ ]*" /proc/mounts | sed 's/^ /mount /'
   pgrep -f "^bindfs .*$rigs" | sed 's/^/bindfs pid /'
+  pgrep -f "^sshfs .*$rigs" | sed 's/^/sshfs pid /'
+  pgrep -f "^ssh .*$rigs" | sed 's/^/ssh pid /'
+  pgrep -f "latency-relay .*$rigs" | sed 's/^/latency-relay pid /'
+  find /proc -maxdepth 2 -path '/proc/[0-9]*/exe' -lname "/tmp/uuidlock-rig.$UUIDLOCK_RIG_ID.*" \
+    2>/dev/null | awk -F/ '{ print "sshd pid " $3 }'
   pgrep -f "uuidlock-keeper .*$rigs" | sed 's/^/keeper pid /'
 }
 
@@ -85,7 +94,7 @@ run_suite() {
     while read -r what x y; do
       case $what in
         mount) fusermount3 -u -z "$x" ;;
-        *) kill -KILL "$y" ;;
+        *) kill -KILL "$y" 2>/dev/null ;;  # a child may die with its parent
       esac
     done <<<"$left"
     fail=$((fail + 1)) note+=" (left processes or mounts behind)"
@@ -98,6 +107,15 @@ run_suite() {
 }
 
 for suite in "${suites[@]}"; do run_suite "$suite"; done
+
+# The same suites on the other kind of share: sshfs (a real network
+# filesystem over a private sshd), and with 1 ms added per round trip.
+for suite in ${UUIDLOCK_SSHFS:-}; do
+  UUIDLOCK_TEST_SHARE=sshfs run_suite "$here/$suite" "$suite (sshfs)"
+done
+for suite in ${UUIDLOCK_SSHFS_1MS:-}; do
+  UUIDLOCK_TEST_SHARE=sshfs UUIDLOCK_TEST_LATENCY_MS=1 run_suite "$here/$suite" "$suite (sshfs, 1 ms)"
+done
 
 # The sanitizer run: the ASan runtime must come first in LD_PRELOAD; reports
 # go to files (the keeper's stderr is /dev/null), and any report fails.

@@ -306,8 +306,10 @@ static int break_one(const char *file, const char *suffix, bool force, int64_t l
 	int err = sidecar_break(l.sidecar, l.head, (size_t)l.len, &guard, &me, 2 * NS_PER_SEC);
 	if (err != 0) {
 		fprintf(stderr, "uuidlock: did not break %s: %s\n", l.sidecar,
-			err == EAGAIN ? "it changed meanwhile" : err == EBUSY ? "someone else is breaking it"
-							       : strerror(err));
+			err == EAGAIN      ? "it changed meanwhile"
+			: err == EBUSY     ? "someone else is breaking it"
+			: err == ETIMEDOUT ? "the share answered too slowly for a safe break"
+					   : strerror(err));
 		return 1;
 	}
 	printf("%s: broke %s (%s)\n", file, l.sidecar, why);

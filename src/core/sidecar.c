@@ -75,11 +75,15 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 	if (fd < 0) {
 		int err = errno;
 		/* sshfs reports an exclusive create that lost a race as EPERM (SFTP v3
-		 * has no "file exists" status): if the name exists now, it is held. */
+		 * has no "file exists" status): if the name exists now, it is held;
+		 * if it is already gone again, the race is over: try once more. */
 		struct stat st;
 		if (err != EEXIST && lstat(h->path, &st) == 0)
 			return EEXIST;
-		return err;
+		if (err == EPERM)
+			fd = open(h->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return err == EPERM && errno == EEXIST ? EEXIST : err;
 	}
 
 	char host[256] = "unknown";
@@ -278,7 +282,7 @@ int sidecar_break(const char *path, const char *judged, size_t judged_len, struc
 	else if ((size_t)n != judged_len || memcmp(head, judged, judged_len) != 0)
 		err = EAGAIN;
 	else if (mono_ns() - read_at > verify_delay_ns / 2)
-		err = EAGAIN;
+		err = ETIMEDOUT;
 	else if (unlink(path) != 0 && errno != ENOENT)
 		err = errno;
 	sidecar_release(guard);

@@ -282,6 +282,10 @@ static bool break_if_stale(struct entry *e, int64_t now)
 	}
 	if (err == EBUSY)
 		clear_stale_guard(e, now);
+	else if (err == ETIMEDOUT)
+		log_warn("not breaking stale sidecar %s: re-reading it took longer than half of "
+			 "UUIDLOCK_VERIFY_DELAY (%.3f s), which would not be safe; raise it",
+			 e->hold.path, (double)e->verify_ns / NS_PER_SEC);
 	else if (err != EAGAIN)
 		log_error("cannot break stale sidecar %s: %s", e->hold.path, strerror(err));
 	return false;

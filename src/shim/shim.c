@@ -129,7 +129,10 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 	if (fstat(fd, &st) != 0) {
 		if (errno == EBADF)
 			return NOT_MANAGED; /* libc will say EBADF */
-		log_error("cannot tell whether descriptor %d is managed: fstat: %s", fd, strerror(errno));
+		if (errno == ENOENT) /* FUSE: another client deleted the file */
+			log_error("refusing to lock descriptor %d: its file was deleted by another client", fd);
+		else
+			log_error("cannot tell whether descriptor %d is managed: fstat: %s", fd, strerror(errno));
 		return REFUSED;
 	}
 	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
