@@ -1,5 +1,7 @@
 #include "proclocks.h"
 
+#include <stdbool.h>
+
 #include "sys.h"
 
 #include <errno.h>
@@ -10,7 +12,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-char *proclocks_read(void)
+static char *read_listing(void)
 {
 	int fd = open("/proc/locks", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -50,7 +52,7 @@ char *proclocks_read(void)
 
 /* A line looks like "12: FLOCK  ADVISORY  WRITE 1867 00:27:10952775 0 EOF",
  * a blocked waiter like "12: -> FLOCK  ADVISORY  WRITE ...". */
-static bool line_holds(const char *listing_line, unsigned major_, unsigned minor_, uint64_t ino, long *holder)
+static bool parse_line(const char *listing_line, struct proclock *lock)
 {
 	/* sscanf on a copy: on the listing itself glibc's sscanf would strlen the
 	 * whole rest of it for every line (quadratic with many locks). */
@@ -68,28 +70,70 @@ static bool line_holds(const char *listing_line, unsigned major_, unsigned minor
 		return false;
 	if (strcmp(type, "FLOCK") != 0 && strcmp(type, "POSIX") != 0 && strcmp(type, "OFDLCK") != 0)
 		return false;
-	*holder = pid;
-	return ma == major_ && mi == minor_ && in == ino;
+	*lock = (struct proclock){ .dev = makedev(ma, mi), .ino = in, .pid = pid };
+	return true;
 }
 
-size_t proclocks_pids(const char *listing, uint64_t dev, uint64_t ino, long *pids, size_t max)
+static int by_file(const void *a, const void *b)
 {
-	unsigned ma = major(dev), mi = minor(dev);
-	size_t n = 0;
+	const struct proclock *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
+int proclocks_parse(const char *listing, struct proclocks *out)
+{
+	size_t lines = 1;
+	for (const char *p = listing; (p = strchr(p, '\n')) != NULL; p++)
+		lines++;
+	out->locks = malloc(lines * sizeof *out->locks);
+	out->n = 0;
+	if (out->locks == NULL)
+		return ENOMEM;
 	for (const char *line = listing; *line != '\0';) {
-		long pid;
-		if (line_holds(line, ma, mi, ino, &pid) && n < max)
-			pids[n++] = pid;
+		if (parse_line(line, &out->locks[out->n]))
+			out->n++;
 		const char *nl = strchr(line, '\n');
 		if (nl == NULL)
 			break;
 		line = nl + 1;
 	}
-	return n;
+	qsort(out->locks, out->n, sizeof *out->locks, by_file);
+	return 0;
 }
 
-bool proclocks_has(const char *listing, uint64_t dev, uint64_t ino)
+int proclocks_load(struct proclocks *out)
 {
-	long pid;
-	return proclocks_pids(listing, dev, ino, &pid, 1) > 0;
+	char *listing = read_listing();
+	if (listing == NULL)
+		return errno;
+	int err = proclocks_parse(listing, out);
+	free(listing);
+	return err;
+}
+
+void proclocks_free(struct proclocks *p)
+{
+	free(p->locks);
+	p->locks = NULL;
+	p->n = 0;
+}
+
+const struct proclock *proclocks_on(const struct proclocks *p, uint64_t dev, uint64_t ino, size_t *count)
+{
+	struct proclock key = { .dev = dev, .ino = ino };
+	size_t lo = 0, hi = p->n;
+	while (lo < hi) { /* the first lock not before dev:ino */
+		size_t mid = lo + (hi - lo) / 2;
+		if (by_file(&p->locks[mid], &key) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	size_t end = lo;
+	while (end < p->n && by_file(&p->locks[end], &key) == 0)
+		end++;
+	*count = end - lo;
+	return p->locks + lo;
 }

@@ -4,22 +4,33 @@
 #ifndef UUIDLOCK_PROCLOCKS_H
 #define UUIDLOCK_PROCLOCKS_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* Reads /proc/locks into a malloc'd, NUL-terminated buffer (caller frees).
- * Returns NULL with errno set on failure. */
-char *proclocks_read(void);
+/* A granted flock, POSIX or OFD lock.  Waiters ("->" lines) and leases are
+ * not holders.  pid: the process that took it (-1 for OFD locks); for a
+ * FLOCK lock it may have exited while its open file description lives on. */
+struct proclock {
+	uint64_t dev, ino;
+	long pid;
+};
 
-/* True if the listing shows a granted flock, POSIX or OFD lock on dev:ino.
- * Waiters ("->" lines) and leases are not holders.  A FLOCK line may name a
- * pid that has exited (the description lives on in another process), so
- * only the presence of dev:ino counts. */
-bool proclocks_has(const char *listing, uint64_t dev, uint64_t ino);
+/* The granted locks, sorted by file, so that a check of many held files
+ * costs one read and one parse of the listing. */
+struct proclocks {
+	struct proclock *locks;
+	size_t n;
+};
 
-/* Collects up to max pids of processes listed as holding a lock on dev:ino
- * (pids of exited flock takers included: check before using). */
-size_t proclocks_pids(const char *listing, uint64_t dev, uint64_t ino, long *pids, size_t max);
+/* Reads and parses /proc/locks.  Returns 0, or an errno. */
+int proclocks_load(struct proclocks *out);
+
+/* Parses a listing in /proc/locks format (what proclocks_load reads). */
+int proclocks_parse(const char *listing, struct proclocks *out);
+
+void proclocks_free(struct proclocks *p);
+
+/* The locks on dev:ino: *count of them from the returned pointer on. */
+const struct proclock *proclocks_on(const struct proclocks *p, uint64_t dev, uint64_t ino, size_t *count);
 
 #endif

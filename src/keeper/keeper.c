@@ -373,15 +373,17 @@ static void step(struct entry *e, int64_t now)
  * the keeper has no terminal of its own, and they are the ones at risk. */
 static void tell_holders(const struct entry *e, const char *msg)
 {
-	char *listing = proclocks_read();
-	if (listing == NULL)
+	struct proclocks now;
+	if (proclocks_load(&now) != 0)
 		return;
 	for (unsigned i = 0; i < e->ninodes; i++) {
-		long pids[64];
-		size_t n = proclocks_pids(listing, e->inode[i].dev, e->inode[i].ino, pids, 64);
+		size_t n;
+		const struct proclock *lock = proclocks_on(&now, e->inode[i].dev, e->inode[i].ino, &n);
 		for (size_t j = 0; j < n; j++) {
+			if (lock[j].pid <= 0)
+				continue;
 			char path[64];
-			snprintf(path, sizeof path, "/proc/%ld/fd/2", pids[j]);
+			snprintf(path, sizeof path, "/proc/%ld/fd/2", lock[j].pid);
 			int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
 			if (fd >= 0) {
 				dprintf(fd, "uuidlock: %s\n", msg);
@@ -389,7 +391,7 @@ static void tell_holders(const struct entry *e, const char *msg)
 			}
 		}
 	}
-	free(listing);
+	proclocks_free(&now);
 }
 
 /* Refreshes a held sidecar's heartbeat; a sidecar that is not ours any more
@@ -430,26 +432,27 @@ static void release(struct entry *e)
  * description lives on elsewhere (`( flock 9; ... ) 9>f`): it asked us, so it
  * counts.  OFD lines name no process (-1): they always count.  Requesters
  * that hold nothing any more are forgotten: a new lock call asks again. */
-static bool locked_locally(struct entry *e, const char *listing)
+static bool locked_locally(struct entry *e, const struct proclocks *locks)
 {
 	size_t kept = 0;
 	bool held = false;
 	for (unsigned i = 0; i < e->ninodes; i++) {
-		long pids[256];
-		size_t n = proclocks_pids(listing, e->inode[i].dev, e->inode[i].ino, pids, 256);
+		size_t n;
+		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
 		for (size_t j = 0; j < n; j++) {
-			if (pids[j] < 0 || !pids_comparable || n == 256) {
+			long pid = lock[j].pid;
+			if (pid < 0 || !pids_comparable) {
 				held = true;
-			} else if (is_requester(e, pids[j])) {
+			} else if (is_requester(e, pid)) {
 				held = true;
 				for (size_t k = 0; k < kept; k++)
-					if (e->requesters[k] == pids[j])
+					if (e->requesters[k] == pid)
 						goto next;
 				/* keep it: swap into the kept prefix */
 				for (size_t k = kept; k < e->nrequesters; k++)
-					if (e->requesters[k] == pids[j]) {
+					if (e->requesters[k] == pid) {
 						e->requesters[k] = e->requesters[kept];
-						e->requesters[kept++] = pids[j];
+						e->requesters[kept++] = pid;
 						break;
 					}
 			}
@@ -469,10 +472,11 @@ static void check_held(int64_t now)
 		any_held |= (e->state == HELD);
 	if (!any_held)
 		return;
-	char *listing = proclocks_read();
-	if (listing == NULL) {
+	struct proclocks locks;
+	int err = proclocks_load(&locks);
+	if (err != 0) {
 		/* Without the list we cannot tell: keep holding (safe), try later. */
-		log_error("cannot read /proc/locks: %s", strerror(errno));
+		log_error("cannot read /proc/locks: %s", strerror(err));
 		schedule_check(now, MAX_CHECK_NS);
 		return;
 	}
@@ -481,12 +485,12 @@ static void check_held(int64_t now)
 		next = e->next;
 		if (e->state != HELD)
 			continue;
-		if (locked_locally(e, listing))
+		if (locked_locally(e, &locks))
 			interval = MIN(interval, e->retry_ns);
 		else
 			release(e);
 	}
-	free(listing);
+	proclocks_free(&locks);
 	for (struct entry *e = entries; e != NULL; e = e->next)
 		if (e->state == HELD) {
 			schedule_check(now, interval);

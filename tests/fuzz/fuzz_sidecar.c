@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -19,10 +20,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *text = malloc(size + 1);
 	memcpy(text, data, size);
 	text[size] = '\0';
-	long pids[8];
-	size_t n = proclocks_pids(text, 0x1b, 42, pids, 8);
-	if (n > 8)
-		abort();
+	struct proclocks locks;
+	if (proclocks_parse(text, &locks) == 0) {
+		size_t n;
+		const struct proclock *on = proclocks_on(&locks, makedev(0, 0x1b), 42, &n);
+		for (size_t i = 0; i < n; i++)
+			if (on[i].dev != makedev(0, 0x1b) || on[i].ino != 42)
+				abort();
+		proclocks_free(&locks);
+	}
 	free(text);
 	return 0;
 }
