@@ -127,6 +127,7 @@ static int hold(const char *path, long ms)
 {
 	int fd = open_locked(path);
 	printf("A %.6f\n", now_ns(CLOCK_REALTIME) / 1e9);
+	fflush(stdout);
 	sleep_us(ms * 1000);
 	printf("R %.6f\n", now_ns(CLOCK_REALTIME) / 1e9);
 	fflush(stdout);
