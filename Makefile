@@ -133,7 +133,7 @@ deps:
 # Every suite on the bindfs share; the cross-client suites again on sshfs (and
 # the flock suite with 1 ms added per round trip); the flock, POSIX and crash
 # suites again with the sanitizer build.
-check: deps all asan fuzz build/microbench build/bench-empty.so
+check: deps bench-deps all asan fuzz build/microbench build/bench-empty.so
 	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh" \
 	 UUIDLOCK_SSHFS_1MS="test_flock.sh" \
 	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
