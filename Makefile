@@ -150,6 +150,8 @@ BENCH_PACKAGES := python3-filelock liblockfile-bin strace
 .PHONY: bench bench-deps
 bench: deps bench-deps all build/microbench build/bench-empty.so
 	@bench/run.sh
+	@UUIDLOCK_TEST_SHARE=sshfs BENCH_ONLY=share bench/run.sh
+	@UUIDLOCK_TEST_SHARE=sshfs UUIDLOCK_TEST_LATENCY_MS=1 BENCH_ONLY=share bench/run.sh
 
 build/microbench: bench/microbench.c | deps-headers
 	@mkdir -p build

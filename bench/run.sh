@@ -8,7 +8,8 @@
 # Needs root (FUSE), strace, python3-filelock, liblockfile-bin (make bench-deps),
 # and `make all build/microbench build/bench-empty.so`. Environment:
 # BENCH_RUNS (default 5), BENCH_KEEP=DIR (keep the rig's traces and logs there),
-# UUIDLOCK_TEST_SHARE=sshfs (tests/rig.sh: run on sshfs instead of bindfs).
+# UUIDLOCK_TEST_SHARE=sshfs and UUIDLOCK_TEST_LATENCY_MS (tests/rig.sh: run on
+# sshfs instead of bindfs, with added latency), BENCH_ONLY=share.
 # bench/README-notes.md explains the targets the table reports as MISSED.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +23,8 @@ if [ "${1:-}" = --smoke ]; then
 else
   SMOKE=0 RUNS=${BENCH_RUNS:-5} N=1000000 SPAWNS=2000 PAIRS=300 PROC_PAIRS=100 ROUNDS=20 HOLD_MS=3000 MEMN=1000 SCALE_N="50 100 200"
 fi
+# BENCH_ONLY=share: only the on-share sections (2-4), e.g. for a second share kind.
+ONLY_SHARE=$([ "${BENCH_ONLY:-}" = share ] && echo 1 || echo 0)
 FAILED=0
 fail() { echo "bench: FAILED: $*" >&2; FAILED=1; }
 LOCAL=$(mktemp -d /tmp/uuidlock-bench.XXXXXX) || exit 1
@@ -60,6 +63,7 @@ verdict() { # RATIO LIMIT
 }
 now() { echo "${EPOCHREALTIME/[.,]/}"; } # microseconds
 
+if [ "$ONLY_SHARE" = 0 ]; then
 # --- 1. off the share -----------------------------------------------------------
 # Variants: base = no shim; unset = shim, UUIDLOCK_PATHS unset; other = shim,
 # UUIDLOCK_PATHS naming a directory on another device (the file is unmanaged
@@ -101,6 +105,8 @@ for ((r = 0; r < RUNS; r++)); do
     done
   done
 done
+
+fi
 
 # --- 2. on the share --------------------------------------------------------------
 # start_traced_keeper DIR: this host's keeper for runtime dir DIR, under strace
@@ -262,6 +268,7 @@ if start_traced_keeper "$POLLDIR"; then
     END { printf "%d %d %.3f\n", n, tries, end - start }' "$POLLDIR.trace")
 fi
 
+if [ "$ONLY_SHARE" = 0 ]; then
 # --- 5. memory ------------------------------------------------------------------------
 echo "bench: 5. memory..." >&2
 # How taking many locks scales (RETRY_INTERVAL=0.01): wall time and keeper CPU per lock.
@@ -292,10 +299,13 @@ for ((r = 0; r < (SMOKE ? 1 : 3); r++)); do
 done
 KEEPER_HWM=$(awk '/^VmHWM/ { print $2 }' "/proc/$(cat "$MEMDIR/keeper.pid")/status" 2>/dev/null)
 
+fi
+
 # --- the table --------------------------------------------------------------------------
 echo
 echo "uuidlock bench$([ "$SMOKE" = 1 ] && echo " (SMOKE: tiny counts, targets not judged)"): $RUNS runs alternated, medians; ratio = median of the runs' candidate / no shim"
 echo
+if [ "$ONLY_SHARE" = 0 ]; then
 echo "1. Off the share (local file $LOCAL/f, unmanaged), $N calls per run; target ratio <= 1.05"
 echo "  (runs' ratios min-max in brackets)"
 printf '  %-24s %8s | %-38s | %-38s\n' "" "no shim" "shim, UUIDLOCK_PATHS unset" "shim, UUIDLOCK_PATHS=other dir"
@@ -316,6 +326,7 @@ printf '  %-24s %9.1f %7s %-11s %s\n' "empty preloaded .so" "$(calc %.1f "$e / 1
 printf '  %-24s %9.1f %7s %-11s %s\n' "shim, PATHS unset" "$(calc %.1f "$u / 1000")" "$ru" "[$(rrange start.unset start.base)]" "$(verdict "$ru" 1.10)"
 printf '  %-24s %9.1f %7s %-11s %s\n' "shim, PATHS=a share dir" "$(calc %.1f "$o / 1000")" "$ro" "[$(rrange start.other start.base)]" "$(verdict "$ro" 1.10)"
 
+fi
 echo
 echo "2./4. On the share, side by side (${UUIDLOCK_TEST_SHARE:-bindfs} client, VERIFY_DELAY=0, RETRY_INTERVAL=0.01), uncontended"
 U=$(med side.uuid)
@@ -355,6 +366,7 @@ if [ -n "${POLL_OPS:-}" ]; then
     "$HOLD_MS" "$POLL_OPS" "$POLL_SECS" "$(calc %.0f "$POLL_OPS / $POLL_SECS")" "$POLL_TRIES" "$(calc %.1f "$POLL_OPS / ($POLL_TRIES > 0 ? $POLL_TRIES : 1)")"
 fi
 
+if [ "$ONLY_SHARE" = 0 ]; then
 echo
 echo "5. Memory of a process holding N flocks on the share (median of runs)"
 printf '  %-10s %12s %12s %8s | %12s %12s %8s\n' locks "VmRSS no shim" "shim" delta "Pss no shim" shim delta
@@ -366,4 +378,5 @@ done
 printf '  taking N managed locks in one process (RETRY_INTERVAL=0.01):'
 for n in $SCALE_N; do printf '  N=%s: %s ms/lock, keeper CPU %s ms/lock;' "$n" "$(med "scale.ms.$n")" "$(med "scale.cpu.$n")"; done
 echo
+fi
 [ "$FAILED" = 0 ] || { echo "bench: some measurements FAILED (see above)"; exit 1; }
