@@ -142,14 +142,11 @@ static void look_at(const char *file, const char *suffix, struct look *l)
 		l->liveness = process_is((pid_t)l->info.keeper_pid, l->info.keeper_start) ? "alive" : "dead";
 }
 
-static void field(const char *head, const char *key, char *out, size_t cap)
+/* A key=value line of a sidecar we could read, or "". */
+static void field(const struct look *l, const char *key, char *out, size_t cap)
 {
-	out[0] = '\0';
-	char pattern[32];
-	snprintf(pattern, sizeof pattern, "\n%s=", key);
-	const char *p = strstr(head, pattern);
-	if (p != NULL)
-		snprintf(out, cap, "%.*s", (int)strcspn(p + strlen(pattern), "\n"), p + strlen(pattern));
+	if (l->len < 0 || !sidecar_field(l->head, (size_t)l->len, key, out, cap))
+		out[0] = '\0';
 }
 
 static void json_string(const char *s)
@@ -171,8 +168,8 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 {
 	char token[SIDECAR_TOKEN_MAX + 1], host[256], acquired[32], age[32] = "";
 	snprintf(token, sizeof token, "%.*s", l->len > 0 ? (int)strcspn(l->head, "\n") : 0, l->head);
-	field(l->head, "host", host, sizeof host);
-	field(l->head, "acquired", acquired, sizeof acquired);
+	field(l, "host", host, sizeof host);
+	field(l, "acquired", acquired, sizeof acquired);
 	if (acquired[0] != '\0')
 		snprintf(age, sizeof age, "%lld", (long long)time(NULL) - atoll(acquired));
 	const char *state = l->len >= 0 ? "held" : l->len == -ENOENT ? "free" : "error";

@@ -199,9 +199,7 @@ int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat)
 	return err;
 }
 
-/* Finds "key=" at the start of a line in head[0..len) and returns its value
- * (up to the newline) in out. */
-static bool field_value(const char *head, size_t len, const char *key, char *out, size_t cap)
+bool sidecar_field(const char *head, size_t len, const char *key, char *out, size_t cap)
 {
 	size_t klen = strlen(key);
 	for (size_t i = 0; i < len;) {
@@ -224,7 +222,7 @@ static bool field_value(const char *head, size_t len, const char *key, char *out
 static bool field_number(const char *head, size_t len, const char *key, unsigned long long *out)
 {
 	char text[32], *end;
-	if (!field_value(head, len, key, text, sizeof text) || text[0] < '0' || text[0] > '9')
+	if (!sidecar_field(head, len, key, text, sizeof text) || text[0] < '0' || text[0] > '9')
 		return false;
 	errno = 0;
 	*out = strtoull(text, &end, 10);
@@ -236,10 +234,10 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 	*info = (struct sidecar_info){ 0 };
 	char text[32];
 	unsigned long long v;
-	info->ours_format = field_value(head, len, "uuidlock", text, sizeof text) && strcmp(text, "1") == 0;
+	info->ours_format = sidecar_field(head, len, "uuidlock", text, sizeof text) && strcmp(text, "1") == 0;
 	if (!info->ours_format)
 		return;
-	field_value(head, len, "host_id", info->host_id, sizeof info->host_id);
+	sidecar_field(head, len, "host_id", info->host_id, sizeof info->host_id);
 	if (field_number(head, len, "keeper_pid", &v) && v <= INT32_MAX)
 		info->keeper_pid = (long)v;
 	if (field_number(head, len, "keeper_start", &v))
@@ -247,7 +245,7 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 	if (field_number(head, len, "pid", &v) && v <= INT32_MAX)
 		info->pid = (long)v;
 	int64_t lease;
-	if (field_value(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
+	if (sidecar_field(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
 		info->lease_ns = lease;
 	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
 }

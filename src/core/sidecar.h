@@ -66,6 +66,10 @@ int sidecar_release(const struct sidecar_hold *h);
  * Returns 0, EEXIST when it is someone else's now, ENOENT when gone. */
 int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat);
 
+/* Finds "key=" at the start of a line in head[0..len) (any bytes) and copies
+ * its value, up to the newline, into out.  False if absent or too long. */
+bool sidecar_field(const char *head, size_t len, const char *key, char *out, size_t cap);
+
 /* Parses a sidecar's head (any bytes).  Never fails: what it can't read
  * stays zero, and a sidecar without our "uuidlock=" line is foreign. */
 void sidecar_parse(const char *head, size_t len, struct sidecar_info *info);

@@ -638,7 +638,7 @@ static void accept_connections(void)
 
 /* Like util-linux flock's verbose mode or the "locks" callback: a long
  * wait says once who it waits for. */
-static void say_still_waiting(struct conn *c, int64_t now)
+static void say_still_waiting(struct conn *c)
 {
 	c->say_waiting_at = -1;
 	struct keeper_reply r = { .status = KEEPER_WAITING };
@@ -647,7 +647,6 @@ static void say_still_waiting(struct conn *c, int64_t now)
 	snprintf(r.message, sizeof r.message, "waiting %.0f s so far for %s, held by: %s",
 		 (double)SAY_WAITING_NS / NS_PER_SEC, c->entry->hold.path, who);
 	send(c->fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
-	(void)now;
 }
 
 static void expire_deadlines(int64_t now)
@@ -656,7 +655,7 @@ static void expire_deadlines(int64_t now)
 		next = c->next;
 		if (c->entry != NULL && c->say_waiting_at >= 0 && now >= c->say_waiting_at &&
 		    c->entry->state != HELD)
-			say_still_waiting(c, now);
+			say_still_waiting(c);
 		if (c->entry == NULL || c->deadline < 0 || now < c->deadline)
 			continue;
 		char who[256];

@@ -80,9 +80,8 @@ static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 	return 0;
 }
 
-/* Takes or drops a record lock (classic or OFD) on a managed file: the kernel
- * first, for exact local semantics (ranges, upgrades, splitting, the close
- * rule, EDEADLK), then the sidecar, which covers the whole file. */
+/* Drops a range: flush, let the kernel unlock, let the keeper release what
+ * nobody holds now.  No need to know which file it is. */
 static int unlock_range(int fd, int cmd, struct flock *fl)
 {
 	share_flush(fd);
@@ -93,6 +92,9 @@ static int unlock_range(int fd, int cmd, struct flock *fl)
 	return 0;
 }
 
+/* Takes or drops a record lock (classic or OFD) on a managed file: the kernel
+ * first, for exact local semantics (ranges, upgrades, splitting, the close
+ * rule, EDEADLK), then the sidecar, which covers the whole file. */
 static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
 {
 	if (fl->l_type == F_UNLCK)
