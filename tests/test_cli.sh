@@ -21,6 +21,18 @@ test_run_passes_exit_status_and_options() {
   assertContains "$(cat "$RIG/err")" "uuidlock: not a number of seconds: abc"
 }
 
+# The shim resolves the managed directories at a program's first lock call;
+# the command checks them before running anything.
+test_run_reports_a_missing_directory_before_running() {
+  "$UUIDLOCK" run -p "$C1:$RIG/no/such/dir" -- touch "$RIG/ran" 2>"$RIG/err"
+  assertEquals "exit status" 2 $?
+  assertFalse "the program did not run" "[ -e '$RIG/ran' ]"
+  assertContains "$(cat "$RIG/err")" "uuidlock: UUIDLOCK_PATHS: \"$RIG/no/such/dir\" is invalid: No such file or directory"
+  "$UUIDLOCK" run -p "$C1" --lease 0.01 -- touch "$RIG/ran" 2>"$RIG/err"
+  assertEquals "a bad variable too" 2 $?
+  assertContains "$(cat "$RIG/err")" "UUIDLOCK_LEASE"
+}
+
 test_run_stacks_with_an_existing_preload_and_never_searches_cwd() {
   local other
   other=$(ldconfig -p | awk '/libuuid\.so\.1 .*x86-64/ { print $NF; exit }')

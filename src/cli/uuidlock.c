@@ -103,6 +103,14 @@ static int cmd_run(int argc, char **argv)
 		setenv("UUIDLOCK_LOG", verbose > 1 ? "debug" : "info", 1);
 	if (getenv("UUIDLOCK_PATHS") == NULL)
 		fprintf(stderr, "uuidlock: warning: no --paths and no UUIDLOCK_PATHS: nothing is managed\n");
+	/* The shim finds a managed directory missing only at the program's first
+	 * lock call (resolving it at every start would cost round trips): say so
+	 * now, before the program runs. */
+	static struct config config;
+	config_load(&config);
+	config_resolve_dirs(&config);
+	if (config.invalid || config.paths_invalid)
+		return 2;
 
 	/* Ours first, then whatever the caller preloads already. */
 	const char *old = getenv("LD_PRELOAD");

@@ -54,7 +54,7 @@ static int try_connect(const struct sockaddr_un *addr)
 /* Starts a keeper detached from the caller: new session, no inherited
  * descriptors but a pipe on which it says "ready".  posix_spawn, unlike
  * fork, runs none of the program's atfork handlers. */
-static void spawn_keeper(const struct config *c, const char *program)
+static void spawn_keeper(const struct config *c, const char *dir, const char *program)
 {
 	int ready[2];
 	if (pipe2(ready, O_CLOEXEC) != 0)
@@ -77,7 +77,7 @@ static void spawn_keeper(const struct config *c, const char *program)
 
 	char log_level[8];
 	snprintf(log_level, sizeof log_level, "%d", c->log_level);
-	char *argv[] = { (char *)program, "--runtime-dir", (char *)c->runtime_dir, "--log-level", log_level, NULL };
+	char *argv[] = { (char *)program, "--runtime-dir", (char *)dir, "--log-level", log_level, NULL };
 	/* Only what a sanitizer build needs: the keeper must not inherit LD_PRELOAD. */
 	char *envp[4] = { "PATH=/usr/bin:/bin", NULL, NULL, NULL };
 	const char *keep[] = { "ASAN_OPTIONS", "UBSAN_OPTIONS" };
@@ -108,14 +108,14 @@ static void spawn_keeper(const struct config *c, const char *program)
 /* Connects to the keeper, starting one if none answers.  Another process may
  * be starting one at the same moment: the keeper's own lock file lets only
  * one of them run, so we keep trying to connect for a while. */
-static int connect_keeper(const struct config *c, const char *program, bool may_start,
+static int connect_keeper(const struct config *c, const char *dir, const char *program, bool may_start,
 			  struct keeper_reply *rep)
 {
-	int err = ensure_runtime_dir(c->runtime_dir, rep);
+	int err = ensure_runtime_dir(dir, rep);
 	if (err != 0)
 		return -err;
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", c->runtime_dir, KEEPER_SOCKET_NAME);
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", dir, KEEPER_SOCKET_NAME);
 
 	int64_t give_up = mono_ns() + CONNECT_PATIENCE_NS, next_spawn = 0;
 	for (;;) {
@@ -131,7 +131,7 @@ static int connect_keeper(const struct config *c, const char *program, bool may_
 		if (mono_ns() >= next_spawn) {
 			if (access(program, X_OK) != 0)
 				return -fail(rep, errno, "cannot start the keeper %s: %s", program);
-			spawn_keeper(c, program);
+			spawn_keeper(c, dir, program);
 			next_spawn = mono_ns() + SPAWN_AGAIN_NS;
 			continue;
 		}
@@ -145,11 +145,13 @@ static int connect_keeper(const struct config *c, const char *program, bool may_
 int keeper_call(const struct config *c, const char *keeper_program,
 		const struct keeper_request *req, struct keeper_reply *rep)
 {
+	char dir[RUNTIME_DIR_MAX];
+	config_runtime_dir(c, dir);
 	/* A keeper that exits (idle) or dies between our connect and its reply
 	 * leaves us an empty read: its state is gone, so asking again is safe. */
 	for (int attempt = 0; attempt < 3; attempt++) {
 		/* No keeper means nothing held: no need to start one to look. */
-		int fd = connect_keeper(c, keeper_program, req->op == KEEPER_ACQUIRE, rep);
+		int fd = connect_keeper(c, dir, keeper_program, req->op == KEEPER_ACQUIRE, rep);
 		if (fd < 0)
 			return -fd;
 		if (send(fd, req, sizeof *req, MSG_NOSIGNAL) != (ssize_t)sizeof *req) {
@@ -172,6 +174,6 @@ int keeper_call(const struct config *c, const char *keeper_program,
 		if (n < 0 && err == EINTR)
 			return EINTR;
 	}
-	snprintf(rep->message, sizeof rep->message, "the keeper in %s stopped answering", c->runtime_dir);
+	snprintf(rep->message, sizeof rep->message, "the keeper in %s stopped answering", dir);
 	return EPIPE;
 }

@@ -73,9 +73,14 @@ static void load_text(struct config *c, const char *var, char *out, size_t cap, 
 		strcpy(out, v);
 }
 
-static void bad_path(struct config *c, const char *dir, const char *why)
+static void report_bad_path(const char *dir, const char *why)
 {
 	log_error("UUIDLOCK_PATHS: \"%s\" is invalid: %s; all lock calls will fail", dir, why);
+}
+
+static void bad_path(struct config *c, const char *dir, const char *why)
+{
+	report_bad_path(dir, why);
 	c->paths_invalid = c->invalid = true;
 }
 
@@ -89,17 +94,37 @@ static void add_managed_dir(struct config *c, const char *dir)
 		return bad_path(c, dir, "not an absolute path (nor auto)");
 	if (c->ndirs == CONFIG_MAX_DIRS)
 		return bad_path(c, dir, "too many directories");
-	struct managed_dir *d = &c->dirs[c->ndirs];
+	strcpy(c->dirs[c->ndirs++].path, dir); /* resolved later: see config_resolve_dirs */
+}
+
+/* Replaces a directory's name by its canonical one and learns its device. */
+static void resolve_dir(struct config *c, struct managed_dir *d)
+{
+	char resolved[PATH_MAX];
 	struct stat st;
-	if (realpath(dir, d->path) == NULL || stat(d->path, &st) != 0)
-		return bad_path(c, dir, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return bad_path(c, dir, "not a directory");
+	const char *why = NULL;
+	if (realpath(d->path, resolved) == NULL || stat(resolved, &st) != 0)
+		why = strerror(errno);
+	else if (!S_ISDIR(st.st_mode))
+		why = "not a directory";
+	if (why != NULL) {
+		/* Only paths_invalid: c->invalid is read without a lock by every
+		 * wrapper, and with directories named it changes nothing there. */
+		report_bad_path(d->path, why);
+		c->paths_invalid = true;
+		return;
+	}
+	strcpy(d->path, resolved);
 	d->len = strlen(d->path);
 	if (d->len == 1) /* "/": every path is below it */
 		d->len = 0;
 	d->dev = st.st_dev;
-	c->ndirs++;
+}
+
+void config_resolve_dirs(struct config *c)
+{
+	for (unsigned i = 0; i < c->ndirs; i++)
+		resolve_dir(c, &c->dirs[i]);
 }
 
 static void load_paths(struct config *c)
@@ -124,14 +149,20 @@ static void load_paths(struct config *c)
 static void load_runtime_dir(struct config *c)
 {
 	const char *v = getenv("UUIDLOCK_RUNTIME_DIR");
-	if (v == NULL) {
-		snprintf(c->runtime_dir, sizeof c->runtime_dir, "/tmp/uuidlock-%ld", (long)getuid());
-		return;
-	}
+	if (v == NULL)
+		return; /* the default: see config_runtime_dir */
 	if (v[0] != '/')
 		bad(c, "UUIDLOCK_RUNTIME_DIR", v, "not an absolute path");
 	else
 		load_text(c, "UUIDLOCK_RUNTIME_DIR", c->runtime_dir, sizeof c->runtime_dir, false, "\n");
+}
+
+void config_runtime_dir(const struct config *c, char dir[RUNTIME_DIR_MAX])
+{
+	if (c->runtime_dir[0] != '\0')
+		strcpy(dir, c->runtime_dir);
+	else
+		snprintf(dir, RUNTIME_DIR_MAX, "/tmp/uuidlock-%ld", (long)getuid());
 }
 
 void config_load(struct config *c)

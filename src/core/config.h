@@ -15,32 +15,44 @@
 #define RUNTIME_DIR_MAX 96 /* "/keeper.sock" must still fit in sun_path[108] */
 
 struct managed_dir {
-	char path[PATH_MAX]; /* resolved: no symlinks, no "..", no trailing '/' */
+	char path[PATH_MAX]; /* once resolved: no symlinks, no "..", no trailing '/' */
 	size_t len;
 	dev_t dev;
 };
 
+/* Fields a program's start-up sets come first, so that loading the shim
+ * touches one page of this 70 KB structure, not three. */
 struct config {
 	int64_t verify_delay_ns;
 	int64_t retry_interval_ns;
 	int64_t timeout_ns; /* < 0: wait forever */
 	int64_t lease_ns;   /* heartbeat every lease/3; silent for a lease = abandoned */
 	int64_t foreign_stale_ns; /* < 0: never break a foreign sidecar */
-	char prefix[CONFIG_PREFIX_MAX];
-	char suffix[CONFIG_SUFFIX_MAX];
-	char runtime_dir[RUNTIME_DIR_MAX];
-	char log_file[PATH_MAX]; /* empty: stderr */
 	int log_level;
 	unsigned ndirs;
-	struct managed_dir dirs[CONFIG_MAX_DIRS];
 	bool auto_netfs;    /* "auto" in UUIDLOCK_PATHS: every file on a network or FUSE filesystem */
 	bool invalid;       /* a variable was bad: managed lock calls fail */
 	bool paths_invalid; /* UUIDLOCK_PATHS itself was bad: every lock call fails */
+	char suffix[CONFIG_SUFFIX_MAX];
+	char runtime_dir[RUNTIME_DIR_MAX]; /* empty: the default, see config_runtime_dir */
+	char prefix[CONFIG_PREFIX_MAX];
+	char log_file[PATH_MAX]; /* empty: stderr */
+	struct managed_dir dirs[CONFIG_MAX_DIRS];
 };
 
 /* Reads the environment into *c, which must be zero-initialised (a static
- * struct is), reporting every bad variable. */
+ * struct is), reporting every bad variable.  No file system access. */
 void config_load(struct config *c);
+
+/* Resolves UUIDLOCK_PATHS's directories (realpath, stat), reporting those
+ * that don't exist.  Separate because on a share that costs round trips:
+ * the shim does it at a process's first lock call, not at every start. */
+void config_resolve_dirs(struct config *c);
+
+/* The keeper's directory: UUIDLOCK_RUNTIME_DIR or /tmp/uuidlock-$UID.  Not
+ * worked out at start-up: every program would pay for a getuid and a
+ * snprintf (four pages of libc) that only lock calls need. */
+void config_runtime_dir(const struct config *c, char dir[RUNTIME_DIR_MAX]);
 
 /* Parses a locale-independent decimal number of seconds ("1", "0.25", "-1")
  * into nanoseconds.  Returns false on junk or overflow. */

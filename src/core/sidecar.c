@@ -3,10 +3,11 @@
  * A lock on file F across the clients of a share is the existence of the
  * sidecar F + UUIDLOCK_SUFFIX holding the holder's token:
  *
- *   acquire  1. open(sidecar, O_CREAT|O_EXCL): only one client can create it
- *               (the first guard);
- *            2. write "<prefix><uuid>\n" and key=value lines naming the holder,
- *               fsync, close;
+ *   acquire  1. open(sidecar, O_CREAT|O_EXCL|O_DSYNC): only one client can
+ *               create it (the first guard);
+ *            2. write "<prefix><uuid>\n" and key=value lines naming the holder
+ *               (O_DSYNC: the write returns once the share has it, the
+ *               protocol's fsync without a system call of its own), close;
  *            3. wait UUIDLOCK_VERIFY_DELAY, re-read the first line: the lock is
  *               ours only if it is still our token (the second guard, for
  *               shares whose exclusive create is not atomic);
@@ -69,9 +70,11 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
+#define CREATE_FLAGS (O_WRONLY | O_CREAT | O_EXCL | O_DSYNC | O_NOFOLLOW | O_CLOEXEC)
+
 int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *who)
 {
-	int fd = open(h->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	int fd = open(h->path, CREATE_FLAGS, 0644);
 	if (fd < 0) {
 		int err = errno;
 		/* sshfs reports an exclusive create that lost a race as EPERM (SFTP v3
@@ -81,7 +84,7 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 		if (err != EEXIST && lstat(h->path, &st) == 0)
 			return EEXIST;
 		if (err == EPERM)
-			fd = open(h->path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+			fd = open(h->path, CREATE_FLAGS, 0644);
 		if (fd < 0)
 			return err == EPERM && errno == EEXIST ? EEXIST : err;
 	}
@@ -98,9 +101,7 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 			   (long long)time(NULL), (long long)(who->lease_ns / NS_PER_SEC),
 			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), HEARTBEAT_DIGITS, 0);
 
-	int err = write_all(fd, content, (size_t)len);
-	if (err == 0 && fsync(fd) != 0)
-		err = errno;
+	int err = write_all(fd, content, (size_t)len); /* synchronous: O_DSYNC */
 	if (sys_close(fd) != 0 && err == 0)
 		err = errno;
 	if (err != 0) {

@@ -2,8 +2,10 @@
  * Debian's libsqlite3, Python and Perl call fcntl64): record locks, classic
  * and OFD, on managed files; descriptor copies (F_DUPFD) for fdtrack.
  *
- * The third argument is taken by type, as glibc does: none, an int, or a
- * pointer, so that every command we don't handle is forwarded unchanged. */
+ * The third argument is read once as a pointer, as glibc's own fcntl does:
+ * on every ABI glibc supports an int or no argument travels in the same
+ * register, so any command we don't handle is forwarded unchanged -- and the
+ * cheapest fcntl calls (F_GETFL, F_GETFD) pay one branch, not a decoder. */
 #include "fdtrack.h"
 #include "real.h"
 #include "share.h"
@@ -17,35 +19,6 @@
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
-
-enum arg_kind { ARG_NONE, ARG_INT, ARG_POINTER };
-
-static enum arg_kind arg_kind(int cmd)
-{
-	switch (cmd) {
-	case F_GETFD: case F_GETFL: case F_GETOWN: case F_GETSIG:
-	case F_GETLEASE: case F_GETPIPE_SZ: case F_GET_SEALS:
-		return ARG_NONE;
-	case F_DUPFD: case F_DUPFD_CLOEXEC: case F_SETFD: case F_SETFL:
-	case F_SETOWN: case F_SETSIG: case F_SETLEASE: case F_NOTIFY:
-	case F_SETPIPE_SZ: case F_ADD_SEALS:
-		return ARG_INT;
-	default:
-		return ARG_POINTER; /* locks, owner_ex, rw hints, and unknown commands */
-	}
-}
-
-static int forward(int fd, int cmd, enum arg_kind kind, int int_arg, void *ptr_arg)
-{
-	switch (kind) {
-	case ARG_NONE:
-		return REAL(fcntl)(fd, cmd);
-	case ARG_INT:
-		return REAL(fcntl)(fd, cmd, int_arg);
-	default:
-		return REAL(fcntl)(fd, cmd, ptr_arg);
-	}
-}
 
 static bool is_lock_command(int cmd)
 {
@@ -142,30 +115,18 @@ int record_lock(int fd, int cmd, struct flock *fl)
 	return set_lock(fd, cmd, fl, &mf);
 }
 
-static int fcntl_common(int fd, int cmd, va_list ap)
-{
-	enum arg_kind kind = arg_kind(cmd);
-	int int_arg = 0;
-	void *ptr_arg = NULL;
-	if (kind == ARG_INT)
-		int_arg = va_arg(ap, int);
-	else if (kind == ARG_POINTER)
-		ptr_arg = va_arg(ap, void *);
-
-	if (is_lock_command(cmd) && !shim_manages_nothing())
-		return record_lock(fd, cmd, ptr_arg);
-	int r = forward(fd, cmd, kind, int_arg, ptr_arg);
-	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0)
-		fdtrack_copy(fd, r); /* a copy shares the description's lock */
-	return r;
-}
-
 EXPORT int fcntl(int fd, int cmd, ...)
 {
 	va_list ap;
 	va_start(ap, cmd);
-	int r = fcntl_common(fd, cmd, ap);
+	void *arg = va_arg(ap, void *);
 	va_end(ap);
+
+	if (is_lock_command(cmd) && !shim_manages_nothing())
+		return record_lock(fd, cmd, arg);
+	int r = REAL(fcntl)(fd, cmd, arg);
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0)
+		fdtrack_copy(fd, r); /* a copy shares the description's lock */
 	return r;
 }
 

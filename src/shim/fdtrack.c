@@ -39,7 +39,7 @@ void fdtrack_copy(int oldfd, int newfd)
 {
 	if (fdtrack_test(oldfd))
 		fdtrack_set(newfd);
-	else
+	else if (fdtrack_test(newfd)) /* spare every plain dup a locked write */
 		fdtrack_clear(newfd);
 }
 

@@ -20,52 +20,57 @@ struct config shim_config;
 bool shim_initialized;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static __thread bool initializing;
-static char keeper_program[PATH_MAX];
-
-static void find_keeper_program(void)
-{
-	Dl_info info;
-	char self[PATH_MAX];
-	if (!dladdr((void *)shim_init, &info) || info.dli_fname == NULL || realpath(info.dli_fname, self) == NULL) {
-		snprintf(keeper_program, sizeof keeper_program, "(unknown: cannot locate libuuidlock_shim.so)");
-		return;
-	}
-	char *slash = strrchr(self, '/');
-	slash[1] = '\0';
-	if (strlen(self) + sizeof KEEPER_PROGRAM_NAME > sizeof keeper_program)
-		snprintf(keeper_program, sizeof keeper_program, "(unknown: path too long)");
-	else
-		strcat(strcpy(keeper_program, self), KEEPER_PROGRAM_NAME);
-}
+/* The thread running init_once_body, while it runs.  Not a __thread flag:
+ * a TLS segment would cost every program's start-up for a check made only
+ * during it. */
+static bool initializing;
+static pthread_t initializer;
 
 static void init_once_body(void)
 {
-	initializing = true;
+	initializer = pthread_self();
+	__atomic_store_n(&initializing, true, __ATOMIC_RELEASE);
 	int saved = errno;
 	config_load(&shim_config);
 	errno = saved;
 	__atomic_store_n(&shim_initialized, true, __ATOMIC_RELEASE);
-	initializing = false;
+	__atomic_store_n(&initializing, false, __ATOMIC_RELEASE);
 }
 
 void shim_init(void)
 {
 	/* A call made while we initialise (from inside libc, say) passes through:
 	 * waiting for ourselves would deadlock. */
-	if (initializing)
+	if (__atomic_load_n(&initializing, __ATOMIC_ACQUIRE) && pthread_equal(initializer, pthread_self()))
 		return;
 	pthread_once(&init_once, init_once_body);
 }
 
 /* Report bad configuration as soon as the program starts, not at its
- * first lock. */
+ * first lock (all but a managed directory that doesn't exist: see
+ * resolve_dirs_once). */
 __attribute__((constructor)) static void shim_constructor(void)
 {
 	shim_init();
 }
 
-/* Only a keeper spawn needs it: not worth four readlinks at every start. */
+/* Only a keeper spawn needs it: not worth four readlinks (nor a 4 KB
+ * buffer in every process) at every start. */
+static const char *keeper_program = "(unknown: cannot locate libuuidlock_shim.so)";
+
+static void find_keeper_program(void)
+{
+	Dl_info info;
+	char self[PATH_MAX];
+	if (!dladdr((void *)shim_init, &info) || info.dli_fname == NULL || realpath(info.dli_fname, self) == NULL)
+		return;
+	char *slash = strrchr(self, '/');
+	slash[1] = '\0';
+	char *path = malloc(strlen(self) + sizeof KEEPER_PROGRAM_NAME);
+	if (path != NULL)
+		keeper_program = strcat(strcpy(path, self), KEEPER_PROGRAM_NAME);
+}
+
 const char *shim_keeper_program(void)
 {
 	static pthread_once_t found = PTHREAD_ONCE_INIT;
@@ -73,6 +78,11 @@ const char *shim_keeper_program(void)
 	pthread_once(&found, find_keeper_program);
 	errno = saved;
 	return keeper_program;
+}
+
+static void resolve_dirs_body(void)
+{
+	config_resolve_dirs(&shim_config);
 }
 
 static const struct managed_dir *dir_containing(const char *path, dev_t dev)
@@ -121,10 +131,21 @@ static bool resolve_current_name(char *path, const struct stat *st)
 	return names_file(path, st);
 }
 
+/* Resolving the managed directories costs round trips to the share: do it
+ * once, at the first lock call that needs it, not at every program's start. */
+static void resolve_dirs_once(void)
+{
+	static pthread_once_t resolved = PTHREAD_ONCE_INIT;
+	int saved = errno;
+	pthread_once(&resolved, resolve_dirs_body);
+	errno = saved;
+}
+
 enum managed managed_lookup(int fd, struct managed_file *mf)
 {
+	resolve_dirs_once();
 	if (shim_config.paths_invalid)
-		return REFUSED; /* reported at start-up: we can't tell what is managed */
+		return REFUSED; /* reported: we can't tell what is managed */
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		if (errno == EBADF)

@@ -41,6 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static struct config c;
 	memset(&c, 0, sizeof c);
 	config_load(&c);
+	config_resolve_dirs(&c);
 	if (c.ndirs > CONFIG_MAX_DIRS || (!c.invalid && (c.verify_delay_ns < 0 || c.retry_interval_ns <= 0)))
 		abort();
 	free(text);
