@@ -47,3 +47,40 @@ kill_keeper_and_holder() {
 
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
+
+# check_turn LOCK UNLOCK : fairness between clients.  Client 1's process A
+# holds; its process B queues behind A on the kernel lock; W on client 2
+# waits and asks for a turn (f.lock.want appears).  When A unlocks, client 1
+# must give the sidecar up instead of handing it to B: W gets the lock
+# first, B after W.  LOCK/UNLOCK are lockdrv steps on descriptor 5, e.g.
+# "ex:5" "un:5" or "setlkw:5:w:0:0" "setlk:5:u:0:0".
+check_turn() {
+  local lock=$1 unlock=$2 t0
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C1/f" "$lock" touch:"$RIG/a_held" \
+    wait:"$RIG/a_go" "$unlock" >"$RIG/a.out" 2>&1) &
+  local a=$!
+  wait_for_file "$RIG/a_held" || fail "A never locked"
+  t0=$EPOCHREALTIME
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C2/f" "$lock" touch:"$RIG/w_held" \
+    wait:"$RIG/w_go" "$unlock" >"$RIG/w.out" 2>&1) &
+  local w=$!
+  wait_for_file "$RIG/srv/f.lock.want" || fail "W never asked for a turn"
+  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C1/f" touch:"$RIG/b_asks" "$lock" \
+    touch:"$RIG/b_held" "$unlock" >"$RIG/b.out" 2>&1) &
+  local b=$!
+  wait_for_file "$RIG/b_asks" || fail "B never started"
+  # A host keeps the lock for a turn of max(4 retry intervals, verify delay)
+  # = 0.04 s here before it looks for turn requests: let A's turn pass.
+  until between "$(elapsed_since "$t0")" 0.1 1e9; do sleep 0.01; done
+  touch "$RIG/a_go"; wait "$a"
+  wait_for_file "$RIG/w_held" || fail "client 2 never got its turn"
+  assertFalse "B on client 1 must not hold the lock while W does" "[ -e '$RIG/b_held' ]"
+  touch "$RIG/w_go"; wait "$w"
+  wait_for_file "$RIG/b_held" || fail "B never got the lock after W"
+  wait "$b"
+  assertEquals "A: $(cat "$RIG/a.out")" 0 "$(grep -c ' err E' "$RIG/a.out")"
+  assertEquals "W: $(cat "$RIG/w.out")" 0 "$(grep -c ' err E' "$RIG/w.out")"
+  assertEquals "B: $(cat "$RIG/b.out")" 0 "$(grep -c ' err E' "$RIG/b.out")"
+  wait_no_sidecars
+  assertFalse "no turn request left" "[ -e '$RIG/srv/f.lock.want' ]"
+}

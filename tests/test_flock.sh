@@ -94,6 +94,34 @@ test_two_opens_in_one_process_conflict_and_conversion_works() {
   assertNotContains "$out" "un:6 err"
 }
 
+test_a_busy_client_gives_a_waiting_client_its_turn() {
+  check_turn ex:5 un:5
+}
+
+# While its host gives the lock up, a process that already holds it may
+# still convert it (a newcomer waits without its kernel lock, so it can't
+# block the conversion): no deadlock.
+test_a_holder_can_convert_while_its_client_gives_the_lock_up() {
+  hold open:5:"$C1/f" sh:5 touch:"$RIG/held" wait:"$RIG/go" ex:5 touch:"$RIG/converted" un:5
+  held
+  local t0=$EPOCHREALTIME
+  shimmed "$LOCKDRV" open:5:"$C2/f" ex:5 touch:"$RIG/w_held" un:5 >"$RIG/w.out" 2>&1 &
+  local w=$!
+  wait_for_file "$RIG/srv/f.lock.want" || fail "W never asked for a turn"
+  until between "$(elapsed_since "$t0")" 0.1 1e9; do sleep 0.01; done
+  shimmed "$LOCKDRV" open:5:"$C1/f" touch:"$RIG/b_asks" sh:5 touch:"$RIG/b_held" un:5 >"$RIG/b.out" 2>&1 &
+  local b=$!
+  wait_for_file "$RIG/b_asks" || fail "B never started"
+  touch "$RIG/go"
+  wait_for_file "$RIG/converted" || fail "the holder's conversion never completed (deadlock?)"
+  wait "$HOLDER"
+  wait "$w" "$b"
+  assertContains "$(cat "$RIG/hold.out")" "ex:5 ok"
+  assertContains "$(cat "$RIG/w.out")" "ex:5 ok"
+  assertContains "$(cat "$RIG/b.out")" "sh:5 ok"
+  wait_no_sidecars
+}
+
 test_signal_interrupts_a_blocking_wait() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   wait_for_file "$RIG/held" || fail "holder never locked"

@@ -219,6 +219,10 @@ test_blocking_setlkw_waits_for_the_other_client() {
   wait "$HOLDER"
 }
 
+test_a_busy_client_gives_a_waiting_client_its_turn() {
+  check_turn setlkw:5:w:0:0 setlk:5:u:0:0
+}
+
 test_flock_and_fcntl_exclude_each_other_across_clients() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   held

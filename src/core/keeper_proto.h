@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdint.h>
 
-#define KEEPER_PROTO_VERSION 2
+#define KEEPER_PROTO_VERSION 3
 #define KEEPER_SOCKET_NAME "keeper.sock"
 #define KEEPER_LOCK_NAME "keeper.lock"
 #define KEEPER_PID_NAME "keeper.pid"
@@ -20,6 +20,8 @@ enum keeper_op {
 	KEEPER_ACQUIRE = 1, /* hold the sidecar for this host; reply when held */
 	KEEPER_CHECK = 2,   /* a local lock went away: release what no one holds */
 	KEEPER_PROBE = 3,   /* does another client hold this sidecar? (F_GETLK) */
+	KEEPER_WAIT_TURN = 4, /* after KEEPER_YIELD, without the kernel lock: reply
+			       * when this host may take the lock again */
 };
 
 enum keeper_status {
@@ -29,6 +31,8 @@ enum keeper_status {
 	KEEPER_FAILED,   /* the share refused: error and message say why */
 	KEEPER_DONE,     /* a check finished; a probe found the sidecar free */
 	KEEPER_WAITING,  /* not an answer: still waiting, message says for whom */
+	KEEPER_YIELD,    /* another host's turn (fairness, see sidecar.c): give the
+			  * kernel lock back, KEEPER_WAIT_TURN, then try again */
 };
 
 struct keeper_request {

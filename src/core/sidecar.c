@@ -30,6 +30,16 @@
  * A holder that finds someone else's token at its heartbeat lost the lock
  * and says so; it never deletes what isn't its own.
  *
+ * Fairness.  A host holds the sidecar while any of its processes holds a
+ * lock, and its processes hand the kernel lock to each other directly: under
+ * steady local demand no other host would ever get a turn.  So a host that
+ * has waited a retry interval creates F + SUFFIX + ".want" (empty, advisory:
+ * deleting it can cost a turn, never exclusion).  The holder's keeper, once
+ * it has held the sidecar for a turn, looks for that file when a process of
+ * its own asks for the lock; if it is there, it removes it, lets the
+ * processes it has already answered finish, releases the sidecar and tries
+ * again only after two retry intervals, while the newcomers wait.
+ *
  * This file does the steps; the keeper (src/keeper) sequences them in time,
  * because a host's sidecar must outlive the processes that asked for it. */
 #include "sidecar.h"
@@ -163,6 +173,36 @@ int sidecar_release(const struct sidecar_hold *h)
 	if (unlink(h->path) != 0)
 		return errno;
 	return 0;
+}
+
+static void want_path(const char *sidecar, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s.want", sidecar);
+}
+
+int sidecar_want(const char *sidecar)
+{
+	char path[PATH_MAX + 8];
+	want_path(sidecar, path, sizeof path);
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return errno;
+	sys_close(fd);
+	return 0;
+}
+
+bool sidecar_wanted(const char *sidecar)
+{
+	char path[PATH_MAX + 8];
+	want_path(sidecar, path, sizeof path);
+	return access(path, F_OK) == 0;
+}
+
+void sidecar_unwant(const char *sidecar)
+{
+	char path[PATH_MAX + 8];
+	want_path(sidecar, path, sizeof path);
+	unlink(path);
 }
 
 static bool token_matches(const char *head, size_t len, const char *token)

@@ -84,6 +84,14 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info);
 int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
 		  const struct sidecar_holder *who, int64_t verify_delay_ns);
 
+/* Fairness between hosts (see sidecar.c): the advisory file sidecar path +
+ * ".want" says "another client waits for this lock".  sidecar_want creates
+ * it (0, EEXIST when it exists already, or the share's errno); sidecar_wanted
+ * tests it; sidecar_unwant removes it.  None of them touches the sidecar. */
+int sidecar_want(const char *sidecar);
+bool sidecar_wanted(const char *sidecar);
+void sidecar_unwant(const char *sidecar);
+
 /* Reads at most cap-1 bytes of a sidecar into buf, NUL-terminated.
  * Returns the length, or -errno. */
 ssize_t sidecar_read_head(const char *path, char *buf, size_t cap);

@@ -58,11 +58,25 @@ struct entry {
 	unsigned ninodes;
 	/* The processes that asked us for this sidecar and may still hold a
 	 * lock on the file: another keeper's clients (another user, another
-	 * runtime directory) lock the same file, and must not keep ours. */
-	long *requesters;
+	 * runtime directory) lock the same file, and must not keep ours.
+	 * Granted: we answered it HELD while we hold the sidecar, so it may be
+	 * inside its critical section; the others only wait in a lock call. */
+	struct requester {
+		long pid;
+		bool granted;
+	} *requesters;
 	size_t nrequesters, requesters_cap;
 	enum entry_state state;
 	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
+	/* Fairness (see sidecar.c).  HELD: since when, when to look for another
+	 * host's ".want" again, and whether we are handing the sidecar over
+	 * (newcomers wait).  WAITING: since when, when to say ".want" again, and
+	 * whether we said it. */
+	int64_t held_since, next_want_look, turn_grace_until;
+	int64_t handoff_since; /* HELD: a lock only non-requesters hold, seen since (0: none) */
+	bool yielding;
+	int64_t waiting_since, next_want_say;
+	bool said_want;
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
 	/* HELD: the heartbeat */
@@ -81,6 +95,8 @@ struct entry {
 /* One connection: a request not yet answered. */
 struct conn {
 	int fd;
+	long pid; /* the asking process, as /proc names it */
+	bool turn_only; /* KEEPER_WAIT_TURN: holds no kernel lock */
 	struct entry *entry; /* what it waits for, once its request is read */
 	bool nonblocking;
 	int64_t deadline; /* < 0: none */
@@ -140,14 +156,19 @@ static unsigned count_waiters(const struct entry *e)
 	return n;
 }
 
+static void grant(struct entry *e, long pid);
+
 /* Answers every waiter of e (or only the non-blocking ones). */
 static void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_status status, int error,
 			  const char *message)
 {
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
-		if (c->entry == e && (c->nonblocking || !only_nonblocking))
-			reply(c, status, error, "%s", message);
+		if (c->entry != e || (!c->nonblocking && only_nonblocking))
+			continue;
+		if (status == KEEPER_HELD)
+			grant(e, c->pid);
+		reply(c, status, error, "%s", message);
 	}
 }
 
@@ -160,32 +181,41 @@ static void free_entry(struct entry *e)
 			*p = e->next;
 			break;
 		}
+	if (e->said_want)
+		sidecar_unwant(e->hold.path);
 	free(e->requesters);
 	free(e);
 }
 
-static bool is_requester(const struct entry *e, long pid)
+static struct requester *find_requester(const struct entry *e, long pid)
 {
 	for (size_t i = 0; i < e->nrequesters; i++)
-		if (e->requesters[i] == pid)
-			return true;
-	return false;
+		if (e->requesters[i].pid == pid)
+			return &e->requesters[i];
+	return NULL;
 }
 
 static bool remember_requester(struct entry *e, long pid)
 {
-	if (is_requester(e, pid))
+	if (find_requester(e, pid) != NULL)
 		return true;
 	if (e->nrequesters == e->requesters_cap) {
 		size_t cap = e->requesters_cap ? 2 * e->requesters_cap : 8;
-		long *bigger = realloc(e->requesters, cap * sizeof *bigger);
+		struct requester *bigger = realloc(e->requesters, cap * sizeof *bigger);
 		if (bigger == NULL)
 			return false;
 		e->requesters = bigger;
 		e->requesters_cap = cap;
 	}
-	e->requesters[e->nrequesters++] = pid;
+	e->requesters[e->nrequesters++] = (struct requester){ .pid = pid };
 	return true;
+}
+
+static void grant(struct entry *e, long pid)
+{
+	struct requester *r = find_requester(e, pid);
+	if (r != NULL)
+		r->granted = true;
 }
 
 static struct entry *find_entry(const char *sidecar)
@@ -307,6 +337,20 @@ static int64_t next_attempt(const struct entry *e, int64_t now)
 	return now + e->retry_ns / 2 + (int64_t)(seed % (uint64_t)(e->retry_ns / 2 + 1));
 }
 
+/* Waiting for more than a retry interval: ask the holder for a turn (see
+ * sidecar.c), again every 4 attempts or so while we wait. */
+static void say_want(struct entry *e, int64_t now)
+{
+	if (now - e->waiting_since < e->retry_ns || now < e->next_want_say)
+		return;
+	e->next_want_say = now + 4 * e->retry_ns;
+	int err = sidecar_want(e->hold.path);
+	if (err == 0 || err == EEXIST)
+		e->said_want = true;
+	else
+		log_debug("cannot ask for a turn on %s: %s", e->hold.path, strerror(err));
+}
+
 /* Someone else holds the sidecar: non-blocking askers get "busy", the rest
  * wait for the next attempt; an entry nobody waits for is forgotten. */
 static void back_off(struct entry *e, int64_t now)
@@ -322,7 +366,8 @@ static void back_off(struct entry *e, int64_t now)
 	e->state = WAITING;
 	e->next_step = next_attempt(e, now);
 	if (count_waiters(e) == 0)
-		free_entry(e);
+		return free_entry(e);
+	say_want(e, now);
 }
 
 static void give_up(struct entry *e, int err, const char *what)
@@ -337,6 +382,8 @@ static void give_up(struct entry *e, int err, const char *what)
 /* Advances e through the protocol of sidecar.c: create, then verify. */
 static void step(struct entry *e, int64_t now)
 {
+	if (e->state == WAITING && count_waiters(e) == 0)
+		return free_entry(e); /* yielded for a process that never asked */
 	if (e->state == WAITING) {
 		sidecar_new_token(&e->hold, e->prefix);
 		int err = sidecar_create(&e->hold, &e->holder);
@@ -363,7 +410,18 @@ static void step(struct entry *e, int64_t now)
 			return give_up(e, err, "verify");
 		e->state = HELD;
 		e->next_beat = now + e->holder.lease_ns / 3;
+		e->held_since = now;
+		e->handoff_since = 0;
+		if (e->said_want) { /* our turn came: the request is answered */
+			sidecar_unwant(e->hold.path);
+			e->said_want = false;
+		}
 		log_info("holding %s", e->hold.path);
+		/* Processes waiting for their turn lock only after our answer: keep
+		 * the sidecar a retry interval for them even if no lock shows yet. */
+		for (struct conn *c = conns; c != NULL; c = c->next)
+			if (c->entry == e && c->turn_only)
+				e->turn_grace_until = now + e->retry_ns;
 		reply_waiters(e, false, KEEPER_HELD, 0, "");
 		schedule_check(now, e->retry_ns);
 	}
@@ -443,16 +501,17 @@ static bool locked_locally(struct entry *e, const struct proclocks *locks)
 			long pid = lock[j].pid;
 			if (pid < 0 || !pids_comparable) {
 				held = true;
-			} else if (is_requester(e, pid)) {
+			} else if (find_requester(e, pid) != NULL) {
 				held = true;
 				for (size_t k = 0; k < kept; k++)
-					if (e->requesters[k] == pid)
+					if (e->requesters[k].pid == pid)
 						goto next;
 				/* keep it: swap into the kept prefix */
 				for (size_t k = kept; k < e->nrequesters; k++)
-					if (e->requesters[k] == pid) {
+					if (e->requesters[k].pid == pid) {
+						struct requester r = e->requesters[k];
 						e->requesters[k] = e->requesters[kept];
-						e->requesters[kept++] = pid;
+						e->requesters[kept++] = r;
 						break;
 					}
 			}
@@ -461,6 +520,121 @@ static bool locked_locally(struct entry *e, const struct proclocks *locks)
 	}
 	e->nrequesters = kept;
 	return held;
+}
+
+/* Who holds e's file now, for a yield: NONE, only PENDING processes (they
+ * asked and wait for our answer, so none is in its critical section), or
+ * some GRANTED one.  UNKNOWN when a lock can't be told apart: an OFD lock
+ * (no pid) or a /proc of another pid namespace. */
+enum holders { HOLDERS_NONE, HOLDERS_PENDING, HOLDERS_GRANTED, HOLDERS_UNKNOWN };
+
+static enum holders classify_holders(const struct entry *e, const struct proclocks *locks)
+{
+	enum holders worst = HOLDERS_NONE;
+	for (unsigned i = 0; i < e->ninodes; i++) {
+		size_t n;
+		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
+		for (size_t j = 0; j < n; j++) {
+			if (lock[j].pid < 0 || !pids_comparable)
+				return HOLDERS_UNKNOWN;
+			const struct requester *r = find_requester(e, lock[j].pid);
+			if (r != NULL)
+				worst = MAX(worst, r->granted ? HOLDERS_GRANTED : HOLDERS_PENDING);
+		}
+	}
+	return worst;
+}
+
+/* Gives the sidecar up for another host's turn: released, then waiting like
+ * any other entry, with the processes that asked meanwhile as its waiters.
+ * Nobody of ours is granted any more. */
+static void yield_turn(struct entry *e, int64_t now)
+{
+	int err = sidecar_release(&e->hold);
+	if (err != 0 && err != EEXIST && err != ENOENT) {
+		log_error("cannot release sidecar %s for another client's turn: %s", e->hold.path, strerror(err));
+		e->yielding = false; /* keep it: answer the waiters as usual */
+		return reply_waiters(e, false, KEEPER_HELD, 0, "");
+	}
+	if (err != 0)
+		log_error("lock on %s was lost: the sidecar was %s while held", e->hold.path,
+			  err == ENOENT ? "deleted" : "replaced");
+	else
+		log_info("gave %s up for another client's turn", e->hold.path);
+	for (size_t i = 0; i < e->nrequesters; i++)
+		e->requesters[i].granted = false;
+	e->yielding = false;
+	e->state = WAITING;
+	e->waiting_since = now;
+	/* Two of our retry intervals: the waiting host polls at least once in
+	 * one of its own (same configuration assumed). */
+	e->next_step = now + 2 * e->retry_ns;
+}
+
+/* A yield ends once no process we answered holds a lock any more (the
+ * newcomers gave theirs back).  A lock we can't attribute counts as one of
+ * ours: waiting for it is safe, newcomers hold no kernel lock meanwhile. */
+static void finish_yielding(struct entry *e, const struct proclocks *locks, int64_t now)
+{
+	switch (classify_holders(e, locks)) {
+	case HOLDERS_GRANTED:
+	case HOLDERS_UNKNOWN: /* may be granted: wait for it too */
+		return; /* they unlock later; their unlock or close calls a check */
+	default:
+		/* Even with no waiter: those sent away are on their way back, and
+		 * must not take the sidecar before the other host had its chance. */
+		return yield_turn(e, now);
+	}
+}
+
+/* How long a host keeps the sidecar before it looks for other hosts' turn
+ * requests: long enough to pay for the acquisition (the verification delay),
+ * and a few retry intervals. */
+static int64_t turn_ns(const struct entry *e)
+{
+	return MAX(4 * e->retry_ns, e->verify_ns);
+}
+
+/* A new local process asks for a sidecar we hold: after a turn, does another
+ * host want it?  At most one look at the share per retry interval. */
+static bool another_host_waits(struct entry *e, int64_t now)
+{
+	if (!pids_comparable || now - e->held_since < turn_ns(e) || now < e->next_want_look)
+		return false;
+	e->next_want_look = now + e->retry_ns;
+	if (!sidecar_wanted(e->hold.path))
+		return false;
+	sidecar_unwant(e->hold.path); /* taken into account: a host still waiting says it again */
+	return true;
+}
+
+static bool any_lock_on(const struct entry *e, const struct proclocks *locks)
+{
+	for (unsigned i = 0; i < e->ninodes; i++) {
+		size_t n;
+		proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
+		if (n > 0)
+			return true;
+	}
+	return false;
+}
+
+/* None of our requesters holds a lock on e's file, but someone does: most
+ * likely a local process the kernel just handed the lock to, which is about
+ * to ask us.  Keep the sidecar a retry interval for it (saving the share a
+ * release and an acquisition with its verification delay), unless another
+ * host asked for a turn: then yield now, and that process will wait.  A
+ * lock of another keeper's client (another user) never asks us: after the
+ * interval the sidecar goes as before.  False: release it. */
+static bool keep_for_handoff(struct entry *e, int64_t now)
+{
+	if (e->handoff_since == 0)
+		e->handoff_since = now;
+	if (another_host_waits(e, now)) {
+		yield_turn(e, now);
+		return true;
+	}
+	return now - e->handoff_since < e->retry_ns;
 }
 
 /* Releases every held sidecar whose file no local process has locked. */
@@ -485,10 +659,21 @@ static void check_held(int64_t now)
 		next = e->next;
 		if (e->state != HELD)
 			continue;
-		if (locked_locally(e, &locks))
+		if (e->yielding)
+			finish_yielding(e, &locks, now);
+		if (e->state != HELD)
+			continue;
+		if (locked_locally(e, &locks)) {
+			e->handoff_since = 0;
 			interval = MIN(interval, e->retry_ns);
-		else
+		} else if (any_lock_on(e, &locks) && keep_for_handoff(e, now)) {
+			if (e->state == HELD)
+				interval = MIN(interval, e->retry_ns);
+		} else if (now < e->turn_grace_until) { /* for processes told to come back */
+			interval = MIN(interval, e->turn_grace_until - now);
+		} else {
 			release(e);
+		}
 	}
 	proclocks_free(&locks);
 	for (struct entry *e = entries; e != NULL; e = e->next)
@@ -509,6 +694,7 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	snprintf(e->prefix, sizeof e->prefix, "%s", req->prefix);
 	e->state = WAITING;
 	e->next_step = now;
+	e->waiting_since = now;
 	e->retry_ns = MAX(req->retry_interval_ns, NS_PER_MS);
 	e->verify_ns = MAX(req->verify_delay_ns, 0);
 	e->foreign_stale_ns = req->foreign_stale_ns;
@@ -543,15 +729,53 @@ static long peer_pid(int fd)
 	return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? (long)cred.pid : -1;
 }
 
+/* Can a newcomer be sent away for another host's turn?  Only if no process
+ * we answered holds a lock on the file now: then the newcomer's kernel lock
+ * is its own, new, and giving it back undoes exactly this call.  Otherwise
+ * it may share a granted holder's lock (a flock inherited across fork or
+ * exec, an OFD lock): giving it back would drop theirs. */
+static bool may_send_away(const struct entry *e)
+{
+	struct proclocks locks;
+	if (proclocks_load(&locks) != 0)
+		return false;
+	enum holders h = classify_holders(e, &locks);
+	proclocks_free(&locks);
+	return h == HOLDERS_NONE || h == HOLDERS_PENDING;
+}
+
+/* A process asks for a sidecar this host holds.  Those we answered already
+ * (who may ask for more: another range, a conversion) always get it, or they
+ * could deadlock with us.  A newcomer gets it unless another host is waiting
+ * for a turn: then it gives its kernel lock back and waits (holding none, so
+ * that it can't block our granted processes while we wait for them). */
+static void answer_while_held(struct conn *c, struct entry *e, const struct keeper_request *req, int64_t now)
+{
+	bool granted = find_requester(e, c->pid)->granted;
+	if (!granted && !e->yielding && another_host_waits(e, now)) {
+		log_info("another client waits for %s: giving it up after the local holders", e->hold.path);
+		e->yielding = true;
+	}
+	if (granted || !e->yielding || !may_send_away(e)) {
+		grant(e, c->pid);
+		return reply(c, KEEPER_HELD, 0, NULL);
+	}
+	if (req->nonblocking)
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK,
+			     "%s is held by this host, which is giving it to another client", req->sidecar);
+	reply(c, KEEPER_YIELD, 0, NULL);
+	check_held(now); /* the last holder may be gone already */
+}
+
 static void handle_acquire(struct conn *c, const struct keeper_request *req, int64_t now)
 {
 	struct entry *e = find_entry(req->sidecar);
-	if (e != NULL && !remember_requester(e, peer_pid(c->fd)))
+	if (e != NULL && !remember_requester(e, c->pid))
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	if (e != NULL && !add_inode(e, req))
 		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
 	if (e != NULL && e->state == HELD)
-		return reply(c, KEEPER_HELD, 0, NULL);
+		return answer_while_held(c, e, req, now);
 	if (e != NULL && e->state == WAITING && req->nonblocking) {
 		char msg[512];
 		busy_message(e, msg, sizeof msg);
@@ -560,7 +784,7 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 	if (e == NULL && (e = new_entry(req, now)) == NULL)
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	add_inode(e, req);
-	if (!remember_requester(e, peer_pid(c->fd)))
+	if (!remember_requester(e, c->pid))
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	c->entry = e;
 	c->nonblocking = req->nonblocking;
@@ -568,6 +792,19 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 	c->say_waiting_at = req->nonblocking ? -1 : now + SAY_WAITING_NS;
 	if (e->state == WAITING && e->next_step <= now)
 		step(e, now);
+}
+
+/* After KEEPER_YIELD: wait, holding no kernel lock, until this host may take
+ * the lock again (answered HELD), or at once if there is nothing to wait for. */
+static void handle_wait_turn(struct conn *c, const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e == NULL || (e->state == HELD && !e->yielding))
+		return reply(c, KEEPER_DONE, 0, NULL);
+	c->entry = e;
+	c->turn_only = true;
+	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
+	c->say_waiting_at = now + SAY_WAITING_NS;
 }
 
 static void handle_probe(struct conn *c, const struct keeper_request *req)
@@ -600,6 +837,7 @@ static void handle_request(struct conn *c, int64_t now)
 			     (long)getpid(), KEEPER_PROTO_VERSION, req.version);
 	req.sidecar[sizeof req.sidecar - 1] = '\0';
 	req.prefix[sizeof req.prefix - 1] = '\0';
+	c->pid = peer_pid(c->fd);
 	if (req.op == KEEPER_ACQUIRE)
 		return handle_acquire(c, &req, now);
 	if (req.op == KEEPER_CHECK) {
@@ -608,6 +846,8 @@ static void handle_request(struct conn *c, int64_t now)
 	}
 	if (req.op == KEEPER_PROBE)
 		return handle_probe(c, &req);
+	if (req.op == KEEPER_WAIT_TURN)
+		return handle_wait_turn(c, &req, now);
 	drop_conn(c);
 }
 
@@ -654,7 +894,7 @@ static void expire_deadlines(int64_t now)
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
 		if (c->entry != NULL && c->say_waiting_at >= 0 && now >= c->say_waiting_at &&
-		    c->entry->state != HELD)
+		    (c->entry->state != HELD || c->turn_only))
 			say_still_waiting(c);
 		if (c->entry == NULL || c->deadline < 0 || now < c->deadline)
 			continue;

@@ -72,19 +72,28 @@ static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 {
 	if (fl->l_type == F_UNLCK)
 		return unlock_range(fd, cmd, fl);
-	if (REAL(fcntl)(fd, cmd, fl) != 0)
-		return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
 	bool nonblocking = cmd == F_SETLK || cmd == F_OFD_SETLK;
-	int err = share_acquire(fd, mf, nonblocking);
-	if (err == 0)
-		return 0;
-	/* The host holds nothing on this file (or it would have answered HELD),
-	 * so neither did we before this call: undoing our range is exact. */
-	struct flock undo = *fl;
-	undo.l_type = F_UNLCK;
-	REAL(fcntl)(fd, nonblocking ? cmd : (cmd == F_SETLKW ? F_SETLK : F_OFD_SETLK), &undo);
-	errno = err == EWOULDBLOCK ? EAGAIN : err;
-	return -1;
+	int64_t deadline = share_deadline();
+	struct flock asked = *fl;
+	for (;;) {
+		*fl = asked;
+		if (REAL(fcntl)(fd, cmd, fl) != 0)
+			return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
+		int err = share_acquire(fd, mf, nonblocking, deadline);
+		if (err == 0)
+			return 0;
+		/* The keeper answers HELD to a process it answered before, so we held
+		 * nothing on this file before this call: undoing our range is exact. */
+		struct flock undo = asked;
+		undo.l_type = F_UNLCK;
+		REAL(fcntl)(fd, nonblocking ? cmd : (cmd == F_SETLKW ? F_SETLK : F_OFD_SETLK), &undo);
+		if (err == SHARE_YIELD)
+			err = share_wait_turn(mf, deadline);
+		if (err != 0) {
+			errno = err == EWOULDBLOCK ? EAGAIN : err;
+			return -1;
+		}
+	}
 }
 
 int record_lock(int fd, int cmd, struct flock *fl)

@@ -30,16 +30,23 @@ static int flock_managed(int fd, int op, const struct managed_file *mf)
 {
 	if ((op & ~LOCK_NB) == LOCK_UN)
 		return flock_unlock_managed(fd, op);
-	if (REAL(flock)(fd, op) != 0)
-		return -1; /* EINVAL, EBADF, EWOULDBLOCK or EINTR: exactly the kernel's */
-	int err = share_acquire(fd, mf, op & LOCK_NB);
-	if (err == 0)
-		return 0;
-	/* Not held across clients: give the kernel lock back so no local
-	 * process waits behind a lock we don't have. */
-	REAL(flock)(fd, LOCK_UN);
-	errno = err;
-	return -1;
+	int64_t deadline = share_deadline();
+	for (;;) {
+		if (REAL(flock)(fd, op) != 0)
+			return -1; /* EINVAL, EBADF, EWOULDBLOCK or EINTR: exactly the kernel's */
+		int err = share_acquire(fd, mf, op & LOCK_NB, deadline);
+		if (err == 0)
+			return 0;
+		/* Not held across clients: give the kernel lock back so no local
+		 * process waits behind a lock we don't have. */
+		REAL(flock)(fd, LOCK_UN);
+		if (err == SHARE_YIELD)
+			err = share_wait_turn(mf, deadline);
+		if (err != 0) {
+			errno = err;
+			return -1;
+		}
+	}
 }
 
 EXPORT int flock(int fd, int op)

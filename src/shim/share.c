@@ -4,11 +4,24 @@
 
 #include "../core/client.h"
 #include "../core/log.h"
+#include "../core/timeutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <minmax.h>
+
+int64_t share_deadline(void)
+{
+	return shim_config.timeout_ns < 0 ? -1 : mono_ns() + shim_config.timeout_ns;
+}
+
+static int64_t time_left(int64_t deadline)
+{
+	return deadline < 0 ? -1 : MAX(deadline - mono_ns(), 0);
+}
 
 static struct keeper_request new_request(enum keeper_op op)
 {
@@ -24,10 +37,11 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
-int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
+int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline)
 {
 	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
 	struct keeper_request req = new_request(KEEPER_ACQUIRE);
+	req.timeout_ns = time_left(deadline);
 	req.nonblocking = nonblocking;
 	req.dev = mf->dev;
 	req.ino = mf->ino;
@@ -54,10 +68,34 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking)
 	case KEEPER_BUSY:
 		log_debug("%s", rep.message);
 		return EWOULDBLOCK;
+	case KEEPER_YIELD:
+		log_debug("another client's turn on %s", mf->sidecar);
+		return SHARE_YIELD;
 	default:
 		log_error("%s", rep.message);
 		return ENOLCK;
 	}
+}
+
+int share_wait_turn(const struct managed_file *mf, int64_t deadline)
+{
+	struct keeper_request req = new_request(KEEPER_WAIT_TURN);
+	req.timeout_ns = time_left(deadline);
+	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+	struct keeper_reply rep = { 0 };
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	if (err == EINTR)
+		return EINTR;
+	if (err == ENOENT)
+		return 0; /* no keeper any more: nothing held, nothing to wait for */
+	if (err != 0) {
+		log_error("cannot lock %s: %s", mf->sidecar, rep.message);
+		return ENOLCK;
+	}
+	if (rep.status == KEEPER_HELD || rep.status == KEEPER_DONE)
+		return 0;
+	log_error("%s", rep.message);
+	return ENOLCK;
 }
 
 bool share_held_elsewhere(const struct managed_file *mf)
