@@ -72,7 +72,9 @@ struct entry {
 	 * host's ".want" again, and whether we are handing the sidecar over
 	 * (newcomers wait).  WAITING: since when, when to say ".want" again, and
 	 * whether we said it. */
-	int64_t held_since, next_want_look, turn_grace_until;
+	/* turn_since: when this host's turn began -- the first of a run of
+	 * back-to-back holds (see recent_release), 0 until held. */
+	int64_t turn_since, next_want_look, turn_grace_until;
 	int64_t handoff_since; /* HELD: a lock only non-requesters hold, seen since (0: none) */
 	bool yielding;
 	int64_t waiting_since, next_want_say;
@@ -410,7 +412,8 @@ static void step(struct entry *e, int64_t now)
 			return give_up(e, err, "verify");
 		e->state = HELD;
 		e->next_beat = now + e->holder.lease_ns / 3;
-		e->held_since = now;
+		if (e->turn_since == 0)
+			e->turn_since = now;
 		e->handoff_since = 0;
 		if (e->said_want) { /* our turn came: the request is answered */
 			sidecar_unwant(e->hold.path);
@@ -472,8 +475,88 @@ static void heartbeat(struct entry *e, int64_t now)
 	log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
 }
 
+/* How long a host keeps the sidecar before it looks for other hosts' turn
+ * requests: long enough to pay for the acquisition (the verification delay),
+ * and a few retry intervals. */
+static int64_t turn_ns(const struct entry *e)
+{
+	return MAX(4 * e->retry_ns, e->verify_ns);
+}
+
+/* A new local process asks for a sidecar we hold: after a turn, does another
+ * host want it?  At most one look at the share per retry interval. */
+static bool another_host_waits(struct entry *e, int64_t now)
+{
+	if (!pids_comparable || now - e->turn_since < turn_ns(e) || now < e->next_want_look)
+		return false;
+	e->next_want_look = now + e->retry_ns;
+	if (!sidecar_wanted(e->hold.path))
+		return false;
+	sidecar_unwant(e->hold.path); /* taken into account: a host still waiting says it again */
+	return true;
+}
+
+/* A host that releases and re-acquires a sidecar back to back (one process
+ * locking in a loop, local processes with gaps between them) would win
+ * every race against a host that polls: its request comes first.  So the
+ * keeper remembers its last releases, and a run of holds, each taken within
+ * two retry intervals of the last release, counts as one turn. */
+#define RECENT_RELEASES 16
+static struct recent_release {
+	uint64_t path_hash; /* 0: unused */
+	int64_t released_at, turn_since, next_want_look;
+} recent[RECENT_RELEASES];
+
+static uint64_t path_hash(const char *path)
+{
+	uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+	for (; *path != '\0'; path++)
+		h = (h ^ (unsigned char)*path) * 0x100000001b3ULL;
+	return h | 1;
+}
+
+static void remember_release(const struct entry *e, int64_t now)
+{
+	uint64_t h = path_hash(e->hold.path);
+	struct recent_release *slot = &recent[0];
+	for (unsigned i = 0; i < RECENT_RELEASES; i++) {
+		if (recent[i].path_hash == h) {
+			slot = &recent[i];
+			break;
+		}
+		if (recent[i].released_at < slot->released_at)
+			slot = &recent[i]; /* the oldest, if h isn't there */
+	}
+	*slot = (struct recent_release){ h, now, e->turn_since, e->next_want_look };
+}
+
+/* A new entry: if this host released the same sidecar just now, it is still
+ * in the same turn; once that turn is over, look (at most once per retry
+ * interval) whether another host asked for one, and if so wait two retry
+ * intervals before competing, so that it can take the sidecar first. */
+static void continue_turn(struct entry *e, int64_t now)
+{
+	uint64_t h = path_hash(e->hold.path);
+	for (unsigned i = 0; i < RECENT_RELEASES; i++) {
+		const struct recent_release *r = &recent[i];
+		if (r->path_hash != h || now - r->released_at > 2 * e->retry_ns || r->turn_since == 0)
+			continue;
+		e->turn_since = r->turn_since;
+		e->next_want_look = r->next_want_look;
+		if (another_host_waits(e, now)) {
+			log_info("another client waits for %s: letting it go first", e->hold.path);
+			e->turn_since = 0;
+			e->waiting_since = now;
+			e->next_step = now + 2 * e->retry_ns;
+		}
+		return;
+	}
+}
+
 static void release(struct entry *e)
 {
+	if (e->state == HELD)
+		remember_release(e, mono_ns());
 	int err = sidecar_release(&e->hold);
 	if (err == 0)
 		log_info("released %s", e->hold.path);
@@ -564,6 +647,7 @@ static void yield_turn(struct entry *e, int64_t now)
 	for (size_t i = 0; i < e->nrequesters; i++)
 		e->requesters[i].granted = false;
 	e->yielding = false;
+	e->turn_since = 0; /* the next hold is a new turn */
 	e->state = WAITING;
 	e->waiting_since = now;
 	/* Two of our retry intervals: the waiting host polls at least once in
@@ -585,27 +669,6 @@ static void finish_yielding(struct entry *e, const struct proclocks *locks, int6
 		 * must not take the sidecar before the other host had its chance. */
 		return yield_turn(e, now);
 	}
-}
-
-/* How long a host keeps the sidecar before it looks for other hosts' turn
- * requests: long enough to pay for the acquisition (the verification delay),
- * and a few retry intervals. */
-static int64_t turn_ns(const struct entry *e)
-{
-	return MAX(4 * e->retry_ns, e->verify_ns);
-}
-
-/* A new local process asks for a sidecar we hold: after a turn, does another
- * host want it?  At most one look at the share per retry interval. */
-static bool another_host_waits(struct entry *e, int64_t now)
-{
-	if (!pids_comparable || now - e->held_since < turn_ns(e) || now < e->next_want_look)
-		return false;
-	e->next_want_look = now + e->retry_ns;
-	if (!sidecar_wanted(e->hold.path))
-		return false;
-	sidecar_unwant(e->hold.path); /* taken into account: a host still waiting says it again */
-	return true;
 }
 
 static bool any_lock_on(const struct entry *e, const struct proclocks *locks)
@@ -781,8 +844,15 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 		busy_message(e, msg, sizeof msg);
 		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s", msg);
 	}
-	if (e == NULL && (e = new_entry(req, now)) == NULL)
-		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+	if (e == NULL) {
+		if ((e = new_entry(req, now)) == NULL)
+			return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+		continue_turn(e, now);
+		if (req->nonblocking && e->next_step > now) { /* letting another host go first */
+			free_entry(e);
+			return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s: another client waits for it", req->sidecar);
+		}
+	}
 	add_inode(e, req);
 	if (!remember_requester(e, c->pid))
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");

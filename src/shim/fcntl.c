@@ -124,20 +124,32 @@ int record_lock(int fd, int cmd, struct flock *fl)
 	return set_lock(fd, cmd, fl, &mf);
 }
 
-EXPORT int fcntl(int fd, int cmd, ...)
+/* F_DUPFD: the copy shares the description's lock. */
+__attribute__((noinline)) static int dup_fd(int fd, int cmd, void *arg)
 {
-	va_list ap;
-	va_start(ap, cmd);
-	void *arg = va_arg(ap, void *);
-	va_end(ap);
-
-	if (is_lock_command(cmd) && !shim_manages_nothing())
-		return record_lock(fd, cmd, arg);
 	int r = REAL(fcntl)(fd, cmd, arg);
-	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0)
-		fdtrack_copy(fd, r); /* a copy shares the description's lock */
+	if (r >= 0)
+		fdtrack_copy(fd, r);
 	return r;
 }
 
-EXPORT int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
-EXPORT int __fcntl(int fd, int cmd, ...) __attribute__((alias("fcntl")));
+/* The wrapper proper.  It is exported as the variadic fcntl below: on the
+ * x86-64 (and every Linux) calling convention, fcntl(fd, cmd, arg) passes the
+ * optional argument in the same register as a third fixed parameter -- glibc
+ * itself reads it as one void * -- and without va_start the compiler can
+ * make the common case a plain tail call into libc. */
+static int shim_fcntl(int fd, int cmd, void *arg)
+{
+	if (is_lock_command(cmd) && !shim_manages_nothing())
+		return record_lock(fd, cmd, arg);
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		return dup_fd(fd, cmd, arg);
+	return REAL(fcntl)(fd, cmd, arg);
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wattribute-alias" /* the point: see shim_fcntl */
+#endif
+EXPORT int fcntl(int fd, int cmd, ...) __attribute__((alias("shim_fcntl")));
+EXPORT int fcntl64(int fd, int cmd, ...) __attribute__((alias("shim_fcntl")));
+EXPORT int __fcntl(int fd, int cmd, ...) __attribute__((alias("shim_fcntl")));
