@@ -123,10 +123,11 @@ stop_traced_keeper() { # DIR
   wait "$TRACER"
 }
 # share_ops TRACE : for a keeper trace, prints
-#   "acquires releases acq_calls verify_calls rel_calls acq_ops verify_ops rel_ops | first acquire's calls | first release's calls"
+#   "acquires releases acq_calls verify_calls rel_calls acq_ops verify_ops rel_ops looks | first acquire's calls | first release's calls"
 # counting system calls whose path or descriptor is on the share ($C1, $C2).
 # Calls are system calls; ops are file operations, where reading a file by
 # name (open O_RDONLY, read, close) is one: the issue's "verification read".
+# Looks: tests for another host's turn request (*.want), counted apart.
 share_ops() {
   awk -v c1="$C1/" -v c2="$C2/" '
     function on_share(l) { return index(l, "\"" c1) || index(l, "<" c1) || index(l, "\"" c2) || index(l, "<" c2) }
@@ -134,6 +135,7 @@ share_ops() {
     BEGIN { ph = "acq"; verify = 0 }
     /uuidlock: holding/  { na++; ph = "rel"; verify = 0; next }
     /uuidlock: released/ { nr++; ph = "acq"; next }
+    on_share($0) && /\.want"/ { looks++; next }
     on_share($0) {
       split($2, f, "("); op = f[1]
       if (op == "openat") op = ($0 ~ /O_EXCL/) ? "create" : "open"
@@ -148,7 +150,7 @@ share_ops() {
       if (!part_of_read) o[ph verify]++
       if ((ph == "acq" && na == 0) || (ph == "rel" && nr == 0)) seq[ph] = seq[ph] " " op
     }
-    END { printf "%d %d %d %d %d %d %d %d |%s |%s\n", na, nr, n["acq0"], n["acq1"], n["rel0"], o["acq0"], o["acq1"], o["rel0"], seq["acq"], seq["rel"] }' "$1"
+    END { printf "%d %d %d %d %d %d %d %d %d |%s |%s\n", na, nr, n["acq0"], n["acq1"], n["rel0"], o["acq0"], o["acq1"], o["rel0"], looks, seq["acq"], seq["rel"] }' "$1"
 }
 # client_ops TRACE PAIRS : a shimmed program's own calls on the share, per pair
 client_ops() {
@@ -209,7 +211,7 @@ if start_traced_keeper "$RUNDIR"; then
   UUIDLOCK_RUNTIME_DIR=$RUNDIR strace -y -e trace=%file,%desc -o "$RIG/client.trace" \
     -E LD_PRELOAD="$SHIM" "$MB" flock "$C1/t" "$COUNT" >/dev/null || fail "traced loop"
   stop_traced_keeper "$RUNDIR"
-  read -r NACQ NREL ACQ_CALLS VERIFY_CALLS REL_CALLS ACQ_OPS VERIFY_OPS REL_OPS rest < <(share_ops "$RUNDIR.trace")
+  read -r NACQ NREL ACQ_CALLS VERIFY_CALLS REL_CALLS ACQ_OPS VERIFY_OPS REL_OPS LOOKS rest < <(share_ops "$RUNDIR.trace")
   ACQ_SEQ=${rest#| }; REL_SEQ=${ACQ_SEQ#*| }; ACQ_SEQ=${ACQ_SEQ%% |*}
   CLIENT=$(client_ops "$RIG/client.trace" "$NACQ")
   [ "$NACQ" -eq $((COUNT + COUNT / 10)) ] && [ "$NREL" -eq "$NACQ" ] ||
@@ -219,7 +221,7 @@ SQLDIR=$RIG/run-sql
 if start_traced_keeper "$SQLDIR"; then
   UUIDLOCK_RUNTIME_DIR=$SQLDIR LD_PRELOAD=$SHIM sqlite3 "$C1/db" 'INSERT INTO t VALUES(2)' || fail "traced sqlite3"
   stop_traced_keeper "$SQLDIR"
-  read -r SQL_ACQ SQL_REL SQL_A SQL_V SQL_R _ _ _ _ < <(share_ops "$SQLDIR.trace")
+  read -r SQL_ACQ SQL_REL SQL_A SQL_V SQL_R _ _ _ _ _ < <(share_ops "$SQLDIR.trace")
   SQL_OPS=$((SQL_A + SQL_V + SQL_R))
 fi
 
@@ -362,9 +364,11 @@ if [ -n "${NACQ:-}" ] && [ "$NACQ" -gt 0 ]; then
   ac=$(calc %.2f "$ACQ_CALLS / $NACQ") vc=$(calc %.2f "$VERIFY_CALLS / $NACQ") rc=$(calc %.2f "$REL_CALLS / $NACQ")
   printf '    per acquire: %s ops + verification read %s op (%s + %s calls: [%s ])  target <= 3 + read: %s\n' "$a" "$v" "$ac" "$vc" "$ACQ_SEQ" "$(verdict "$a" 3)"
   printf '    per release: %s ops (%s calls: [%s ])  target <= 2: %s\n' "$rl" "$rc" "$REL_SEQ" "$(verdict "$rl" 2)"
+  printf '    and %s looks for another host'"'"'s turn request per acquire (once per turn while re-acquiring back to back)\n' \
+    "$(calc %.2f "$LOOKS / $NACQ")"
   echo "    the shimmed program's own calls on the share, per pair:$CLIENT"
 fi
-[ -n "${SQL_ACQ:-}" ] && echo "  one sqlite3 INSERT transaction: $SQL_ACQ sidecar acquisitions, $SQL_REL releases, $SQL_OPS keeper calls on the share"
+[ -n "${SQL_ACQ:-}" ] && echo "  sqlite3 running one INSERT = 2 transactions (the shell's schema read, then the write): $SQL_ACQ sidecar acquisitions, $SQL_REL releases, $SQL_OPS keeper calls on the share"
 
 echo
 echo "3. Under contention: 4 workers (2 per client, one keeper per client), $ROUNDS rounds each, hold 2 ms, think 2 ms"

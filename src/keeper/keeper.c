@@ -483,13 +483,13 @@ static int64_t turn_ns(const struct entry *e)
 	return MAX(4 * e->retry_ns, e->verify_ns);
 }
 
-/* A new local process asks for a sidecar we hold: after a turn, does another
- * host want it?  At most one look at the share per retry interval. */
-static bool another_host_waits(struct entry *e, int64_t now)
+/* After a turn, does another host want the sidecar?  One look at the share,
+ * at most once per look_every. */
+static bool another_host_waits(struct entry *e, int64_t now, int64_t look_every)
 {
 	if (!pids_comparable || now - e->turn_since < turn_ns(e) || now < e->next_want_look)
 		return false;
-	e->next_want_look = now + e->retry_ns;
+	e->next_want_look = now + look_every;
 	if (!sidecar_wanted(e->hold.path))
 		return false;
 	sidecar_unwant(e->hold.path); /* taken into account: a host still waiting says it again */
@@ -543,7 +543,9 @@ static void continue_turn(struct entry *e, int64_t now)
 			continue;
 		e->turn_since = r->turn_since;
 		e->next_want_look = r->next_want_look;
-		if (another_host_waits(e, now)) {
+		/* Once per turn: a process locking in a loop pays this look, not
+		 * every acquisition. */
+		if (another_host_waits(e, now, turn_ns(e))) {
 			log_info("another client waits for %s: letting it go first", e->hold.path);
 			e->turn_since = 0;
 			e->waiting_since = now;
@@ -693,7 +695,7 @@ static bool keep_for_handoff(struct entry *e, int64_t now)
 {
 	if (e->handoff_since == 0)
 		e->handoff_since = now;
-	if (another_host_waits(e, now)) {
+	if (another_host_waits(e, now, e->retry_ns)) {
 		yield_turn(e, now);
 		return true;
 	}
@@ -815,7 +817,7 @@ static bool may_send_away(const struct entry *e)
 static void answer_while_held(struct conn *c, struct entry *e, const struct keeper_request *req, int64_t now)
 {
 	bool granted = find_requester(e, c->pid)->granted;
-	if (!granted && !e->yielding && another_host_waits(e, now)) {
+	if (!granted && !e->yielding && another_host_waits(e, now, e->retry_ns)) {
 		log_info("another client waits for %s: giving it up after the local holders", e->hold.path);
 		e->yielding = true;
 	}
