@@ -40,6 +40,8 @@ EXPORT int fclose(FILE *stream)
 
 EXPORT int dup(int fd)
 {
+	if (!fdtrack_in_use())
+		return REAL(dup)(fd);
 	int r = REAL(dup)(fd);
 	if (r >= 0)
 		fdtrack_copy(fd, r);
@@ -49,6 +51,8 @@ EXPORT int dup(int fd)
 /* dup2 and dup3 close newfd first if it is open: that may end its lock. */
 static int dup_onto(int oldfd, int newfd, int flags, bool use_dup3)
 {
+	if (!fdtrack_in_use())
+		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	bool closes_marked = oldfd != newfd && fdtrack_test(newfd);
 	if (closes_marked)
 		share_flush(newfd);

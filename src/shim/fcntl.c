@@ -142,7 +142,7 @@ static int shim_fcntl(int fd, int cmd, void *arg)
 {
 	if (is_lock_command(cmd) && !shim_manages_nothing())
 		return record_lock(fd, cmd, arg);
-	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+	if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && fdtrack_in_use())
 		return dup_fd(fd, cmd, arg);
 	return REAL(fcntl)(fd, cmd, arg);
 }

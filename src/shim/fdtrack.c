@@ -7,32 +7,25 @@
 #define TRACKED_FDS FDTRACK_LIMIT
 #define WORD_BITS (sizeof(unsigned long) * CHAR_BIT)
 
-static unsigned long marks[TRACKED_FDS / WORD_BITS];
-static bool high_marked;
+unsigned long fdtrack_marks[TRACKED_FDS / WORD_BITS];
+bool fdtrack_high;
+bool fdtrack_used;
 
 void fdtrack_set(int fd)
 {
 	if (fd < 0)
 		return;
+	__atomic_store_n(&fdtrack_used, true, __ATOMIC_RELAXED);
 	if (fd >= TRACKED_FDS)
-		__atomic_store_n(&high_marked, true, __ATOMIC_RELAXED);
+		__atomic_store_n(&fdtrack_high, true, __ATOMIC_RELAXED);
 	else
-		__atomic_fetch_or(&marks[fd / WORD_BITS], 1UL << (fd % WORD_BITS), __ATOMIC_RELAXED);
+		__atomic_fetch_or(&fdtrack_marks[fd / WORD_BITS], 1UL << (fd % WORD_BITS), __ATOMIC_RELAXED);
 }
 
 void fdtrack_clear(int fd)
 {
 	if (fd >= 0 && fd < TRACKED_FDS)
-		__atomic_fetch_and(&marks[fd / WORD_BITS], ~(1UL << (fd % WORD_BITS)), __ATOMIC_RELAXED);
-}
-
-bool fdtrack_test(int fd)
-{
-	if (fd < 0)
-		return false;
-	if (fd >= TRACKED_FDS)
-		return __atomic_load_n(&high_marked, __ATOMIC_RELAXED);
-	return (__atomic_load_n(&marks[fd / WORD_BITS], __ATOMIC_RELAXED) >> (fd % WORD_BITS)) & 1;
+		__atomic_fetch_and(&fdtrack_marks[fd / WORD_BITS], ~(1UL << (fd % WORD_BITS)), __ATOMIC_RELAXED);
 }
 
 void fdtrack_copy(int oldfd, int newfd)
@@ -48,7 +41,7 @@ int fdtrack_next(unsigned from, unsigned last)
 	if (last >= TRACKED_FDS)
 		last = TRACKED_FDS - 1;
 	for (unsigned fd = from; fd <= last;) {
-		unsigned long word = __atomic_load_n(&marks[fd / WORD_BITS], __ATOMIC_RELAXED) >> (fd % WORD_BITS);
+		unsigned long word = __atomic_load_n(&fdtrack_marks[fd / WORD_BITS], __ATOMIC_RELAXED) >> (fd % WORD_BITS);
 		if (word == 0) {
 			fd = (fd / WORD_BITS + 1) * WORD_BITS; /* skip the rest of an empty word */
 			continue;
@@ -61,5 +54,5 @@ int fdtrack_next(unsigned from, unsigned last)
 
 bool fdtrack_high_marked(void)
 {
-	return __atomic_load_n(&high_marked, __ATOMIC_RELAXED);
+	return __atomic_load_n(&fdtrack_high, __ATOMIC_RELAXED);
 }
