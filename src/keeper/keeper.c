@@ -85,12 +85,13 @@ struct entry {
 	int64_t next_beat;
 	unsigned long long beats;
 	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
-	 * and since when, on our monotonic clock */
+	 * and since when, on our monotonic clock.  Allocated when first needed
+	 * and freed once held: a host holding many sidecars doesn't carry them. */
 	struct observation {
-		char content[SIDECAR_HEAD_MAX];
 		size_t len;
 		int64_t since;
-	} seen, guard_seen;
+		char content[SIDECAR_HEAD_MAX];
+	} *seen, *guard_seen;
 	struct entry *next;
 };
 
@@ -176,6 +177,13 @@ static void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_st
 
 /* ---- entries ---------------------------------------------------------- */
 
+static void forget_observations(struct entry *e)
+{
+	free(e->seen);
+	free(e->guard_seen);
+	e->seen = e->guard_seen = NULL;
+}
+
 static void free_entry(struct entry *e)
 {
 	for (struct entry **p = &entries; *p != NULL; p = &(*p)->next)
@@ -185,6 +193,7 @@ static void free_entry(struct entry *e)
 		}
 	if (e->said_want)
 		sidecar_unwant(e->hold.path);
+	forget_observations(e);
 	free(e->requesters);
 	free(e);
 }
@@ -242,9 +251,13 @@ static void busy_message(const struct entry *e, char *out, size_t cap)
 	snprintf(out, cap, "%s is held by another client (%s)", e->hold.path, who);
 }
 
-/* Records content read now; returns how long it has stayed unchanged. */
-static int64_t observe(struct observation *o, const char *content, size_t len, int64_t now)
+/* Records content read now; returns how long it has stayed unchanged (0,
+ * "just changed", if there is no memory to remember it: never stale). */
+static int64_t observe(struct observation **slot, const char *content, size_t len, int64_t now)
 {
+	if (*slot == NULL && (*slot = calloc(1, sizeof **slot)) == NULL)
+		return 0;
+	struct observation *o = *slot;
 	if (o->since == 0 || len != o->len || memcmp(content, o->content, len) != 0) {
 		memcpy(o->content, content, len);
 		o->len = len;
@@ -309,7 +322,8 @@ static bool break_if_stale(struct entry *e, int64_t now)
 	int err = sidecar_break(e->hold.path, head, (size_t)n, &guard, &e->holder, e->verify_ns);
 	if (err == 0) {
 		log_warn("broke stale sidecar %s: %s", e->hold.path, why);
-		e->seen.since = 0;
+		if (e->seen != NULL)
+			e->seen->since = 0;
 		return true;
 	}
 	if (err == EBUSY)
@@ -411,6 +425,7 @@ static void step(struct entry *e, int64_t now)
 		if (err != 0)
 			return give_up(e, err, "verify");
 		e->state = HELD;
+		forget_observations(e);
 		e->next_beat = now + e->holder.lease_ns / 3;
 		if (e->turn_since == 0)
 			e->turn_since = now;
