@@ -296,8 +296,9 @@ for n in $SCALE_N; do
   add "scale.cpu.$n" "$(calc %.2f "($(ticks "$SCALEDIR") - $c) * 10 / $n")"
   while compgen -G "$RIG/srv/scale$n/*.lock" >/dev/null; do sleep 0.05; done # all released
 done
-# Resident memory. UUIDLOCK_RETRY_INTERVAL=1 here: the keeper rescans /proc/locks
-# for every held sidecar each interval, which at 0.01 s and 1000 locks takes minutes.
+# Resident memory. UUIDLOCK_RETRY_INTERVAL=1 here: the keeper parses /proc/locks
+# once per interval while it holds anything, which with 1000 locks held would
+# load the machine we measure.
 MEMDIR=$RIG/run-mem
 mkdir -m 0700 "$MEMDIR" && mkdir "$C1/mem"
 for ((r = 0; r < (SMOKE ? 1 : 3); r++)); do
