@@ -68,14 +68,14 @@ struct entry {
 	size_t nrequesters, requesters_cap;
 	enum entry_state state;
 	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
-	/* Fairness (see sidecar.c).  HELD: since when, when to look for another
-	 * host's ".want" again, and whether we are handing the sidecar over
-	 * (newcomers wait).  WAITING: since when, when to say ".want" again, and
-	 * whether we said it. */
-	/* turn_since: when this host's turn began -- the first of a run of
-	 * back-to-back holds (see recent_release), 0 until held. */
-	int64_t turn_since, next_want_look, turn_grace_until;
-	int64_t handoff_since; /* HELD: a lock only non-requesters hold, seen since (0: none) */
+	/* Turns between hosts (see sidecar.c).  HELD: when this host's turn
+	 * began (the first of a run of back-to-back holds, see recent_release;
+	 * 0 until held), when to look for another host's ".want" again, until
+	 * when to keep the sidecar for processes told to come back, since when
+	 * only a process that hasn't asked yet holds a lock (0: none), and
+	 * whether we are handing the sidecar over (newcomers wait).  WAITING:
+	 * since when, when to say ".want" again, and whether we said it. */
+	int64_t turn_since, next_want_look, turn_grace_until, handoff_since;
 	bool yielding;
 	int64_t waiting_since, next_want_say;
 	bool said_want;
@@ -546,9 +546,9 @@ static void remember_release(const struct entry *e, int64_t now)
 }
 
 /* A new entry: if this host released the same sidecar just now, it is still
- * in the same turn; once that turn is over, look (at most once per retry
- * interval) whether another host asked for one, and if so wait two retry
- * intervals before competing, so that it can take the sidecar first. */
+ * in the same turn; once that turn is over, look (at most once per turn)
+ * whether another host asked for one, and if so wait two retry intervals
+ * before competing, so that it can take the sidecar first. */
 static void continue_turn(struct entry *e, int64_t now)
 {
 	uint64_t h = path_hash(e->hold.path);
@@ -558,9 +558,7 @@ static void continue_turn(struct entry *e, int64_t now)
 			continue;
 		e->turn_since = r->turn_since;
 		e->next_want_look = r->next_want_look;
-		/* Once per turn: a process locking in a loop pays this look, not
-		 * every acquisition. */
-		if (another_host_waits(e, now, turn_ns(e))) {
+		if (another_host_waits(e, now, turn_ns(e))) { /* not every acquisition pays it */
 			log_info("another client waits for %s: letting it go first", e->hold.path);
 			e->turn_since = 0;
 			e->waiting_since = now;
