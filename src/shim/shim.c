@@ -17,22 +17,46 @@
 #include <same-inode.h>
 
 struct config shim_config;
-bool shim_initialized;
 
-static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+/* What start-up writes and every wrapper reads first lives in .data, in a
+ * page the dynamic loader has written already (the GOT's): a program that
+ * configures nothing starts without touching a page of ours, not even the
+ * 70 KB shim_config. */
+#define STARTUP_DATA __attribute__((section(".data")))
+bool shim_initialized STARTUP_DATA;
+bool shim_passthrough STARTUP_DATA = true; /* true also while we initialise */
+static pthread_once_t init_once STARTUP_DATA = PTHREAD_ONCE_INIT;
 /* The thread running init_once_body, while it runs.  Not a __thread flag:
  * a TLS segment would cost every program's start-up for a check made only
  * during it. */
-static bool initializing;
-static pthread_t initializer;
+static bool initializing STARTUP_DATA;
+static pthread_t initializer STARTUP_DATA;
+
+/* Is any UUIDLOCK_ variable set?  One pass over the environment, no getenv
+ * per variable: most programs that load us configure nothing. */
+static bool configured(void)
+{
+	static const char prefix[] = "UUIDLOCK_";
+	for (char **e = environ; e != NULL && *e != NULL; e++) {
+		size_t i = 0;
+		while (prefix[i] != '\0' && (*e)[i] == prefix[i])
+			i++;
+		if (prefix[i] == '\0')
+			return true;
+	}
+	return false;
+}
 
 static void init_once_body(void)
 {
 	initializer = pthread_self();
 	__atomic_store_n(&initializing, true, __ATOMIC_RELEASE);
-	int saved = errno;
-	config_load(&shim_config);
-	errno = saved;
+	if (configured()) {
+		int saved = errno;
+		config_load(&shim_config);
+		errno = saved;
+		shim_passthrough = shim_config.ndirs == 0 && !shim_config.auto_netfs && !shim_config.invalid;
+	}
 	__atomic_store_n(&shim_initialized, true, __ATOMIC_RELEASE);
 	__atomic_store_n(&initializing, false, __ATOMIC_RELEASE);
 }

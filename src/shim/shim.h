@@ -13,16 +13,17 @@
 
 extern struct config shim_config;
 extern bool shim_initialized;
+extern bool shim_passthrough; /* nothing managed and no bad configuration */
 
 void shim_init(void);
 
 /* The pass-through test every wrapper makes first: with no UUIDLOCK_PATHS
- * (and no bad configuration) the shim costs one load and one branch. */
+ * (and no bad configuration) the shim costs two loads and two branches. */
 static inline bool shim_manages_nothing(void)
 {
 	if (!__atomic_load_n(&shim_initialized, __ATOMIC_ACQUIRE))
 		shim_init();
-	return shim_config.ndirs == 0 && !shim_config.auto_netfs && !shim_config.invalid;
+	return shim_passthrough;
 }
 
 /* A file a lock call concerns, as the sidecar protocol needs it. */
