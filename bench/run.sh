@@ -65,22 +65,26 @@ now() { echo "${EPOCHREALTIME/[.,]/}"; } # microseconds
 
 if [ "$ONLY_SHARE" = 0 ]; then
 # --- 1. off the share -----------------------------------------------------------
-# Variants: base = no shim; unset = shim, UUIDLOCK_PATHS unset; other = shim,
-# UUIDLOCK_PATHS naming a directory on another device (the file is unmanaged
-# but the check runs); empty = an empty preloaded library (start-up only).
+# Variants: base = no shim; unset = shim, no UUIDLOCK_ variable at all (a
+# library preloaded everywhere, nothing configured); other = shim with the
+# rig's configuration and UUIDLOCK_PATHS naming a directory on another device
+# (the file is unmanaged but the check runs); empty = an empty preloaded
+# library (start-up only).  base, empty and unset get the same environment.
+NOCONF=()
+for v in $(compgen -e | grep '^UUIDLOCK_'); do NOCONF+=(-u "$v"); done
 variant() {
   local v=$1; shift
   case $v in
-    base)  env -u LD_PRELOAD -u UUIDLOCK_PATHS "$@" ;;
-    unset) env -u UUIDLOCK_PATHS LD_PRELOAD="$SHIM" "$@" ;;
+    base)  env -u LD_PRELOAD "${NOCONF[@]}" "$@" ;;
+    unset) env "${NOCONF[@]}" LD_PRELOAD="$SHIM" "$@" ;;
     other) env UUIDLOCK_PATHS="$C1" LD_PRELOAD="$SHIM" "$@" ;;
   esac
 }
 spawn() { # VARIANT : SPAWNS/4 starts of /bin/true; the launcher itself runs unshimmed
   case $1 in
-    base)  env -u LD_PRELOAD -u UUIDLOCK_PATHS "$MB" spawn $((SPAWNS / 4)) /bin/true - ;;
-    empty) env -u LD_PRELOAD -u UUIDLOCK_PATHS "$MB" spawn $((SPAWNS / 4)) /bin/true "$EMPTY" ;;
-    unset) env -u LD_PRELOAD -u UUIDLOCK_PATHS "$MB" spawn $((SPAWNS / 4)) /bin/true "$SHIM" ;;
+    base)  env -u LD_PRELOAD "${NOCONF[@]}" "$MB" spawn $((SPAWNS / 4)) /bin/true - ;;
+    empty) env -u LD_PRELOAD "${NOCONF[@]}" "$MB" spawn $((SPAWNS / 4)) /bin/true "$EMPTY" ;;
+    unset) env -u LD_PRELOAD "${NOCONF[@]}" "$MB" spawn $((SPAWNS / 4)) /bin/true "$SHIM" ;;
     other) env -u LD_PRELOAD UUIDLOCK_PATHS="$C1" "$MB" spawn $((SPAWNS / 4)) /bin/true "$SHIM" ;;
   esac
 }
@@ -321,7 +325,7 @@ echo
 if [ "$ONLY_SHARE" = 0 ]; then
 echo "1. Off the share (local file $LOCAL/f, unmanaged), $N calls per run; target ratio <= 1.05"
 echo "  (runs' ratios min-max in brackets)"
-printf '  %-24s %8s | %-38s | %-38s\n' "" "no shim" "shim, UUIDLOCK_PATHS unset" "shim, UUIDLOCK_PATHS=other dir"
+printf '  %-24s %8s | %-38s | %-38s\n' "" "no shim" "shim, nothing configured" "shim, UUIDLOCK_PATHS=other dir"
 printf '  %-24s %8s | %8s %6s %-11s %-10s | %8s %6s %-11s %-10s\n' call ns/op ns/op ratio "" target ns/op ratio "" target
 for c in "${CALLS[@]}"; do
   b=$(med "$c.base") u=$(med "$c.unset") o=$(med "$c.other")
@@ -336,7 +340,7 @@ echo "  process start-up, /bin/true x $SPAWNS per run in 4 alternated rounds (po
 printf '  %-24s %9s %7s %-11s %s\n' "" "us/start" ratio "" target
 printf '  %-24s %9.1f\n' "no preload" "$(calc %.1f "$b / 1000")"
 printf '  %-24s %9.1f %7s %-11s %s\n' "empty preloaded .so" "$(calc %.1f "$e / 1000")" "$re" "[$(rrange start.empty start.base)]" "(reference: any LD_PRELOAD)"
-printf '  %-24s %9.1f %7s %-11s %s\n' "shim, PATHS unset" "$(calc %.1f "$u / 1000")" "$ru" "[$(rrange start.unset start.base)]" "$(verdict "$ru" 1.10)"
+printf '  %-24s %9.1f %7s %-11s %s\n' "shim, nothing configured" "$(calc %.1f "$u / 1000")" "$ru" "[$(rrange start.unset start.base)]" "$(verdict "$ru" 1.10)"
 printf '  %-24s %9.1f %7s %-11s %s\n' "shim, PATHS=a share dir" "$(calc %.1f "$o / 1000")" "$ro" "[$(rrange start.other start.base)]" "$(verdict "$ro" 1.10)"
 
 fi
