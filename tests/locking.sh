@@ -81,6 +81,7 @@ check_turn() {
   assertEquals "A: $(cat "$RIG/a.out")" 0 "$(grep -c ' err E' "$RIG/a.out")"
   assertEquals "W: $(cat "$RIG/w.out")" 0 "$(grep -c ' err E' "$RIG/w.out")"
   assertEquals "B: $(cat "$RIG/b.out")" 0 "$(grep -c ' err E' "$RIG/b.out")"
+  assertNotContains "B's lock call leaves errno alone" "$(cat "$RIG/b.out")" "$lock ok errno-changed"
   wait_no_sidecars
   assertFalse "no turn request left" "[ -e '$RIG/srv/f.lock.want' ]"
 }

@@ -70,6 +70,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 		return EWOULDBLOCK;
 	case KEEPER_YIELD:
 		log_debug("another client's turn on %s", mf->sidecar);
+		errno = saved_errno; /* not a failure: the call goes on */
 		return SHARE_YIELD;
 	default:
 		log_error("%s", rep.message);
@@ -79,6 +80,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 
 int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 {
+	int saved_errno = errno; /* the lock call may still succeed */
 	struct keeper_request req = new_request(KEEPER_WAIT_TURN);
 	req.timeout_ns = time_left(deadline);
 	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
@@ -86,14 +88,18 @@ int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
 	if (err == EINTR)
 		return EINTR;
-	if (err == ENOENT)
+	if (err == ENOENT) {
+		errno = saved_errno;
 		return 0; /* no keeper any more: nothing held, nothing to wait for */
+	}
 	if (err != 0) {
 		log_error("cannot lock %s: %s", mf->sidecar, rep.message);
 		return ENOLCK;
 	}
-	if (rep.status == KEEPER_HELD || rep.status == KEEPER_DONE)
+	if (rep.status == KEEPER_HELD || rep.status == KEEPER_DONE) {
+		errno = saved_errno;
 		return 0;
+	}
 	log_error("%s", rep.message);
 	return ENOLCK;
 }
