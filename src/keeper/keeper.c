@@ -568,18 +568,26 @@ static void continue_turn(struct entry *e, int64_t now)
 	}
 }
 
-static void release(struct entry *e)
+/* Releases e's sidecar and says how it went; `purpose` ends the log lines.
+ * Returns sidecar_release's answer: EEXIST/ENOENT mean the hold was lost. */
+static int release_sidecar(struct entry *e, const char *purpose)
 {
-	if (e->state == HELD)
-		remember_release(e, mono_ns());
 	int err = sidecar_release(&e->hold);
 	if (err == 0)
-		log_info("released %s", e->hold.path);
+		log_info("released %s%s", e->hold.path, purpose);
 	else if (err == EEXIST || err == ENOENT)
 		log_error("lock on %s was lost: the sidecar was %s while held", e->hold.path,
 			  err == ENOENT ? "deleted" : "replaced");
 	else
-		log_error("cannot release sidecar %s: %s", e->hold.path, strerror(err));
+		log_error("cannot release sidecar %s%s: %s", e->hold.path, purpose, strerror(err));
+	return err;
+}
+
+static void release(struct entry *e)
+{
+	if (e->state == HELD)
+		remember_release(e, mono_ns());
+	release_sidecar(e, "");
 	free_entry(e);
 }
 
@@ -648,17 +656,11 @@ static enum holders classify_holders(const struct entry *e, const struct procloc
  * Nobody of ours is granted any more. */
 static void yield_turn(struct entry *e, int64_t now)
 {
-	int err = sidecar_release(&e->hold);
+	int err = release_sidecar(e, " for another client's turn");
 	if (err != 0 && err != EEXIST && err != ENOENT) {
-		log_error("cannot release sidecar %s for another client's turn: %s", e->hold.path, strerror(err));
 		e->yielding = false; /* keep it: answer the waiters as usual */
 		return reply_waiters(e, false, KEEPER_HELD, 0, "");
 	}
-	if (err != 0)
-		log_error("lock on %s was lost: the sidecar was %s while held", e->hold.path,
-			  err == ENOENT ? "deleted" : "replaced");
-	else
-		log_info("gave %s up for another client's turn", e->hold.path);
 	for (size_t i = 0; i < e->nrequesters; i++)
 		e->requesters[i].granted = false;
 	e->yielding = false;
