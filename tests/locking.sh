@@ -32,6 +32,22 @@ wait_no_sidecars() {
 
 keeper_pid() { cat "$UUIDLOCK_RUNTIME_DIR/keeper.pid"; }
 
+# other_host CMD...: CMD under the shim as a process of another host: its own
+# keeper (runtime directory $RIG/run-other), its own pid namespace; the keeper
+# dies with the namespace when CMD ends.  It keeps the host's /proc.
+other_host() {
+  UUIDLOCK_RUNTIME_DIR=$RIG/run-other unshare --pid --fork --kill-child \
+    env LD_PRELOAD="$SHIM_PRELOAD" "$@"
+}
+
+# container CMD...: like other_host, but with the namespace's own /proc, as in
+# any container: /proc/locks there leaves out locks whose owner pid can't be
+# named in the namespace (FACTS.md, "The field").  Runtime dir $RIG/run-ct.
+container() {
+  UUIDLOCK_RUNTIME_DIR=$RIG/run-ct unshare --pid --fork --kill-child --mount-proc \
+    env LD_PRELOAD="$SHIM_PRELOAD" "$@"
+}
+
 # kill_keeper_and_holder: SIGKILL both, as a crash would, and wait until the
 # keeper is really gone (or a zombie: PID 1 here may not reap orphans).
 kill_keeper_and_holder() {

@@ -12,13 +12,6 @@ tearDown() {
   rig_teardown
 }
 
-# other_host CMD...: CMD as a process of another host: own pid namespace,
-# own keeper (which dies with the namespace when CMD ends).
-other_host() {
-  UUIDLOCK_RUNTIME_DIR=$RIG/run-other unshare --pid --fork --kill-child \
-    env LD_PRELOAD="$SHIM_PRELOAD" "$@"
-}
-
 test_killed_holder_frees_the_lock_at_once_on_the_same_host() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never"
   held
