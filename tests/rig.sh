@@ -233,6 +233,10 @@ _rig_umount() { # DIR : unmount, retrying while busy; lazy as a last resort
 
 # --- public API -----------------------------------------------------------
 
+# The sidecar suffix the shim uses by default (UUIDLOCK_SUFFIX unset): tests
+# name sidecars as "$RIG/srv/f$SFX", guards "f$SFX.break", requests "f$SFX.want".
+SFX=.lock
+
 # rig_setup: new share + two clients + private keeper runtime dir.
 rig_setup() {
   rig_teardown   # a previous rig left by a failed test
