@@ -64,8 +64,9 @@ kill_keeper_and_holder() {
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
 
-# check_turn LOCK UNLOCK : fairness between clients.  Client 1's process A
-# holds; its process B queues behind A on the kernel lock; W on client 2
+# check_turn LOCK UNLOCK : fairness between hosts.  Client 1's process A
+# holds; its process B queues behind A on the kernel lock; W on client 2, on
+# another host (own keeper, own pid namespace),
 # waits and asks for a turn (f.lock.want appears).  When A unlocks, client 1
 # must give the sidecar up instead of handing it to B: W gets the lock
 # first, B after W.  LOCK/UNLOCK are lockdrv steps on descriptor 5, e.g.
@@ -77,10 +78,11 @@ check_turn() {
   local a=$!
   wait_for_file "$RIG/a_held" || fail "A never locked"
   t0=$EPOCHREALTIME
-  (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C2/f" "$lock" touch:"$RIG/w_held" \
+  # W is another host: its own keeper, its own pid namespace.
+  (other_host "$LOCKDRV" open:5:"$C2/f" "$lock" touch:"$RIG/w_held" \
     wait:"$RIG/w_go" "$unlock" >"$RIG/w.out" 2>&1) &
   local w=$!
-  wait_for_file "$RIG/srv/f.lock.want" || fail "W never asked for a turn"
+  wait_for_file "$RIG/srv/f$SFX.want" || fail "W never asked for a turn"
   (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C1/f" touch:"$RIG/b_asks" "$lock" \
     touch:"$RIG/b_held" "$unlock" >"$RIG/b.out" 2>&1) &
   local b=$!
@@ -99,5 +101,5 @@ check_turn() {
   assertEquals "B: $(cat "$RIG/b.out")" 0 "$(grep -c ' err E' "$RIG/b.out")"
   assertNotContains "B's lock call leaves errno alone" "$(cat "$RIG/b.out")" "$lock ok errno-changed"
   wait_no_sidecars
-  assertFalse "no turn request left" "[ -e '$RIG/srv/f.lock.want' ]"
+  assertFalse "no turn request left" "[ -e '$RIG/srv/f$SFX.want' ]"
 }

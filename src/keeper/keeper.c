@@ -46,7 +46,34 @@
 #define MAX_INODES 8
 #define SAY_WAITING_NS (5 * NS_PER_SEC) /* a blocking wait this long is reported once */
 
-enum entry_state { WAITING, VERIFYING, HELD };
+/* The life of one entry, one sidecar this host holds or wants.  Only the
+ * transition functions named below change e->state.
+ *
+ *   WAITING    someone asked; trying to create the sidecar every retry
+ *              interval (step_waiting), asking for a turn after one (say_want)
+ *     -> VERIFYING  created: wait the verification delay      (start_verifying)
+ *     -> WATCHING   busy and nobody waits any more           (stop_waiting)
+ *   VERIFYING  re-read after the delay                        (step_verifying)
+ *     -> HELD       still ours                                (become_held)
+ *     -> WAITING    taken over                                (back_off)
+ *   HELD       this host holds the sidecar: heartbeat, grant local asks
+ *     -> YIELDING   another host asked for a turn, a newcomer came (answer_while_held)
+ *     -> DEFERRING  the same, during a hand-off               (yield_turn)
+ *     -> (freed)    no local lock left                        (release)
+ *   YIELDING   still held for the processes already granted; newcomers wait
+ *     -> DEFERRING  the last of them unlocked: released       (yield_turn)
+ *   DEFERRING  released for another host's turn: stays out while its
+ *              request stands and the sidecar is free         (step_deferring)
+ *     -> WAITING    the sidecar was taken, the request withdrawn, or it
+ *                   went unanswered for turn_request_ns       (stop_deferring)
+ *   WATCHING   nobody waits, but a non-blocking ask missed lately: keeps its
+ *              observation of the holder, so that repeated asks (SQLite's
+ *              busy handler, py-filelock's polling) break a dead holder after
+ *              a lease as a blocking waiter does, and its turn request
+ *     -> WAITING    asked again                               (handle_acquire)
+ *     -> (freed)    no ask for a lease                        (step_watching)
+ */
+enum entry_state { WAITING, VERIFYING, HELD, YIELDING, DEFERRING, WATCHING };
 
 /* One sidecar this host holds or wants. */
 struct entry {
@@ -67,18 +94,21 @@ struct entry {
 	} *requesters;
 	size_t nrequesters, requesters_cap;
 	enum entry_state state;
-	int64_t next_step; /* WAITING: next attempt; VERIFYING: time to re-read */
+	/* WAITING: next attempt; VERIFYING: time to re-read; DEFERRING: next
+	 * look; WATCHING: when to withdraw the turn request or forget */
+	int64_t next_step;
 	/* Turns between hosts (see sidecar.c).  HELD: when this host's turn
 	 * began (the first of a run of back-to-back holds, see recent_release;
 	 * 0 until held), when to look for another host's ".want" again, until
 	 * when to keep the sidecar for processes told to come back, since when
-	 * only a process that hasn't asked yet holds a lock (0: none), and
-	 * whether we are handing the sidecar over (newcomers wait).  WAITING:
-	 * since when, when to say ".want" again, and whether we said it. */
+	 * only a process that hasn't asked yet holds a lock (0: none).
+	 * WAITING: since when, when to say ".want" again, and whether we said
+	 * it.  DEFERRING: until when at most.  After a non-blocking miss: until
+	 * when to keep the turn request, and the entry (WATCHING). */
 	int64_t turn_since, next_want_look, turn_grace_until, handoff_since;
-	bool yielding;
 	int64_t waiting_since, next_want_say;
 	bool said_want;
+	int64_t defer_until, want_until, watch_until;
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
 	/* HELD: the heartbeat */
@@ -367,23 +397,58 @@ static void say_want(struct entry *e, int64_t now)
 		log_debug("cannot ask for a turn on %s: %s", e->hold.path, strerror(err));
 }
 
-/* Someone else holds the sidecar: non-blocking askers get "busy", the rest
- * wait for the next attempt; an entry nobody waits for is forgotten. */
+/* How long a turn request stands without a waiter behind it: a host that
+ * asks only with non-blocking calls keeps it while it keeps asking, and a
+ * host that defers to a request waits at most this long for it to be
+ * answered (a waiter whose keeper died leaves its ".want" behind). */
+static int64_t turn_request_ns(const struct entry *e)
+{
+	return MAX(NS_PER_SEC, 10 * e->retry_ns);
+}
+
+/* A non-blocking ask missed (or asked again while others wait): the asker
+ * will ask again, so keep watching the holder for a lease after it. */
+static void note_nonblocking_ask(struct entry *e, int64_t now)
+{
+	e->watch_until = now + e->holder.lease_ns;
+	e->want_until = now + turn_request_ns(e);
+}
+
+/* Nobody waits for e any more: keep watching the holder if a non-blocking
+ * ask missed lately, else forget it. */
+static void step_watching(struct entry *e, int64_t now);
+
+static void stop_waiting(struct entry *e, int64_t now)
+{
+	e->state = WATCHING;
+	step_watching(e, now);
+}
+
+/* A WAITING entry whose last waiter left (hung up, timed out, answered). */
+static void forget_if_unwanted(struct entry *e, int64_t now)
+{
+	if (e->state == WAITING && count_waiters(e) == 0)
+		stop_waiting(e, now);
+}
+
+/* Someone else holds the sidecar: non-blocking askers get "busy" (and ask
+ * for a turn like the rest, see say_want), the rest wait for the next
+ * attempt. */
 static void back_off(struct entry *e, int64_t now)
 {
 	bool nonblocking_waiter = false;
 	for (struct conn *c = conns; c != NULL; c = c->next)
 		nonblocking_waiter |= c->entry == e && c->nonblocking;
+	e->state = WAITING;
+	e->next_step = next_attempt(e, now);
+	say_want(e, now);
 	if (nonblocking_waiter) { /* reading the holder costs the share a round trip */
 		char msg[512];
 		busy_message(e, msg, sizeof msg);
+		note_nonblocking_ask(e, now);
 		reply_waiters(e, true, KEEPER_BUSY, EWOULDBLOCK, msg);
 	}
-	e->state = WAITING;
-	e->next_step = next_attempt(e, now);
-	if (count_waiters(e) == 0)
-		return free_entry(e);
-	say_want(e, now);
+	forget_if_unwanted(e, now);
 }
 
 static void give_up(struct entry *e, int err, const char *what)
@@ -395,54 +460,136 @@ static void give_up(struct entry *e, int err, const char *what)
 	free_entry(e);
 }
 
-/* Advances e through the protocol of sidecar.c: create, then verify. */
+static void become_held(struct entry *e, int64_t now)
+{
+	e->state = HELD;
+	forget_observations(e);
+	e->next_beat = now + e->holder.lease_ns / 3;
+	if (e->turn_since == 0)
+		e->turn_since = now;
+	e->handoff_since = 0;
+	if (e->said_want) { /* our turn came: the request is answered */
+		sidecar_unwant(e->hold.path);
+		e->said_want = false;
+	}
+	log_info("holding %s", e->hold.path);
+	/* Processes waiting for their turn lock only after our answer: keep
+	 * the sidecar a retry interval for them even if no lock shows yet. */
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		if (c->entry == e && c->turn_only)
+			e->turn_grace_until = now + e->retry_ns;
+	reply_waiters(e, false, KEEPER_HELD, 0, "");
+	schedule_check(now, e->retry_ns);
+}
+
+static void step_verifying(struct entry *e, int64_t now)
+{
+	int err = sidecar_verify(&e->hold);
+	if (err == EEXIST || err == ENOENT) {
+		log_warn("sidecar %s was taken over during verification", e->hold.path);
+		return back_off(e, now);
+	}
+	if (err != 0)
+		return give_up(e, err, "verify");
+	become_held(e, now);
+}
+
+static void start_verifying(struct entry *e, int64_t now)
+{
+	e->state = VERIFYING;
+	e->next_step = now + e->verify_ns;
+	if (e->verify_ns == 0)
+		step_verifying(e, now);
+}
+
+/* One attempt of the protocol of sidecar.c: create, breaking a stale
+ * sidecar first if there is one. */
+static void step_waiting(struct entry *e, int64_t now)
+{
+	if (count_waiters(e) == 0)
+		return stop_waiting(e, now);
+	sidecar_new_token(&e->hold, e->prefix);
+	int err = sidecar_create(&e->hold, &e->holder);
+	if (err == EEXIST && break_if_stale(e, now)) {
+		sidecar_new_token(&e->hold, e->prefix);
+		err = sidecar_create(&e->hold, &e->holder);
+	}
+	if (err == EEXIST)
+		return back_off(e, now);
+	if (err != 0)
+		return give_up(e, err, "create");
+	start_verifying(e, now);
+}
+
+/* The end of a deferral: compete again, at once if the sidecar is free. */
+static void stop_deferring(struct entry *e, bool taken, int64_t now)
+{
+	e->state = WAITING;
+	e->waiting_since = now;
+	e->next_step = taken ? next_attempt(e, now) : now;
+	if (count_waiters(e) == 0)
+		return stop_waiting(e, now);
+	if (!taken)
+		step_waiting(e, now);
+}
+
+/* Released for another host's turn (see sidecar.c): stay out while that
+ * host's request stands and the sidecar is free, so that it gets in first
+ * however long its round trips take; only its keeper removes the request,
+ * once it holds the sidecar.  A request nobody answers for turn_request_ns
+ * is stale (its keeper died): removed, and we compete again. */
+static void step_deferring(struct entry *e, int64_t now)
+{
+	bool taken = access(e->hold.path, F_OK) == 0;
+	bool requested = !taken && sidecar_wanted(e->hold.path);
+	if (requested && now < e->defer_until) {
+		e->next_step = now + e->retry_ns / 2;
+		return;
+	}
+	if (requested) {
+		log_info("turn request on %s went unanswered: removing it", e->hold.path);
+		sidecar_unwant(e->hold.path);
+	}
+	stop_deferring(e, taken, now);
+}
+
+static void defer(struct entry *e, int64_t now)
+{
+	e->state = DEFERRING;
+	e->turn_since = 0; /* the next hold is a new turn */
+	e->defer_until = now + turn_request_ns(e);
+	e->next_step = now + e->retry_ns / 2;
+}
+
+/* Nobody waits; a non-blocking ask missed lately.  No share operation: the
+ * next ask attempts.  Withdraws the turn request once the asks stopped. */
+static void step_watching(struct entry *e, int64_t now)
+{
+	if (e->said_want && now >= e->want_until) {
+		sidecar_unwant(e->hold.path);
+		e->said_want = false;
+	}
+	if (now >= e->watch_until)
+		return free_entry(e);
+	e->next_step = e->said_want ? MIN(e->want_until, e->watch_until) : e->watch_until;
+}
+
+/* Advances e at e->next_step. */
 static void step(struct entry *e, int64_t now)
 {
-	if (e->state == WAITING && count_waiters(e) == 0)
-		return free_entry(e); /* yielded for a process that never asked */
-	if (e->state == WAITING) {
-		sidecar_new_token(&e->hold, e->prefix);
-		int err = sidecar_create(&e->hold, &e->holder);
-		if (err == EEXIST && break_if_stale(e, now)) {
-			sidecar_new_token(&e->hold, e->prefix);
-			err = sidecar_create(&e->hold, &e->holder);
-		}
-		if (err == EEXIST)
-			return back_off(e, now);
-		if (err != 0)
-			return give_up(e, err, "create");
-		e->state = VERIFYING;
-		e->next_step = now + e->verify_ns;
-		if (e->verify_ns > 0)
-			return;
+	switch (e->state) {
+	case WAITING: return step_waiting(e, now);
+	case VERIFYING: return step_verifying(e, now);
+	case DEFERRING: return step_deferring(e, now);
+	case WATCHING: return step_watching(e, now);
+	case HELD:
+	case YIELDING: return; /* driven by heartbeats and checks */
 	}
-	if (e->state == VERIFYING) {
-		int err = sidecar_verify(&e->hold);
-		if (err == EEXIST || err == ENOENT) {
-			log_warn("sidecar %s was taken over during verification", e->hold.path);
-			return back_off(e, now);
-		}
-		if (err != 0)
-			return give_up(e, err, "verify");
-		e->state = HELD;
-		forget_observations(e);
-		e->next_beat = now + e->holder.lease_ns / 3;
-		if (e->turn_since == 0)
-			e->turn_since = now;
-		e->handoff_since = 0;
-		if (e->said_want) { /* our turn came: the request is answered */
-			sidecar_unwant(e->hold.path);
-			e->said_want = false;
-		}
-		log_info("holding %s", e->hold.path);
-		/* Processes waiting for their turn lock only after our answer: keep
-		 * the sidecar a retry interval for them even if no lock shows yet. */
-		for (struct conn *c = conns; c != NULL; c = c->next)
-			if (c->entry == e && c->turn_only)
-				e->turn_grace_until = now + e->retry_ns;
-		reply_waiters(e, false, KEEPER_HELD, 0, "");
-		schedule_check(now, e->retry_ns);
-	}
+}
+
+static bool holds_sidecar(const struct entry *e)
+{
+	return e->state == HELD || e->state == YIELDING;
 }
 
 /* Tells every local process that holds a lock on e's file, on its stderr:
@@ -498,17 +645,15 @@ static int64_t turn_ns(const struct entry *e)
 	return MAX(4 * e->retry_ns, e->verify_ns);
 }
 
-/* After a turn, does another host want the sidecar?  One look at the share,
- * at most once per look_every. */
-static bool another_host_waits(struct entry *e, int64_t now, int64_t look_every)
+/* After a turn, looks whether another host asked for one: true if so.  One
+ * look at the share, at most once per look_every.  The request stays: its
+ * keeper removes it once it holds the sidecar (see step_deferring). */
+static bool look_for_turn_request(struct entry *e, int64_t now, int64_t look_every)
 {
 	if (!pids_comparable || now - e->turn_since < turn_ns(e) || now < e->next_want_look)
 		return false;
 	e->next_want_look = now + look_every;
-	if (!sidecar_wanted(e->hold.path))
-		return false;
-	sidecar_unwant(e->hold.path); /* taken into account: a host still waiting says it again */
-	return true;
+	return sidecar_wanted(e->hold.path);
 }
 
 /* A host that releases and re-acquires a sidecar back to back (one process
@@ -558,11 +703,9 @@ static void continue_turn(struct entry *e, int64_t now)
 			continue;
 		e->turn_since = r->turn_since;
 		e->next_want_look = r->next_want_look;
-		if (another_host_waits(e, now, turn_ns(e))) { /* not every acquisition pays it */
+		if (look_for_turn_request(e, now, turn_ns(e))) { /* not every acquisition pays it */
 			log_info("another client waits for %s: letting it go first", e->hold.path);
-			e->turn_since = 0;
-			e->waiting_since = now;
-			e->next_step = now + 2 * e->retry_ns;
+			defer(e, now);
 		}
 		return;
 	}
@@ -585,7 +728,7 @@ static int release_sidecar(struct entry *e, const char *purpose)
 
 static void release(struct entry *e)
 {
-	if (e->state == HELD)
+	if (holds_sidecar(e))
 		remember_release(e, mono_ns());
 	release_sidecar(e, "");
 	free_entry(e);
@@ -651,25 +794,19 @@ static enum holders classify_holders(const struct entry *e, const struct procloc
 	return worst;
 }
 
-/* Gives the sidecar up for another host's turn: released, then waiting like
- * any other entry, with the processes that asked meanwhile as its waiters.
- * Nobody of ours is granted any more. */
+/* Gives the sidecar up for another host's turn: released, then deferring,
+ * with the processes that asked meanwhile as its waiters.  Nobody of ours
+ * is granted any more. */
 static void yield_turn(struct entry *e, int64_t now)
 {
 	int err = release_sidecar(e, " for another client's turn");
 	if (err != 0 && err != EEXIST && err != ENOENT) {
-		e->yielding = false; /* keep it: answer the waiters as usual */
+		e->state = HELD; /* keep it: answer the waiters as usual */
 		return reply_waiters(e, false, KEEPER_HELD, 0, "");
 	}
 	for (size_t i = 0; i < e->nrequesters; i++)
 		e->requesters[i].granted = false;
-	e->yielding = false;
-	e->turn_since = 0; /* the next hold is a new turn */
-	e->state = WAITING;
-	e->waiting_since = now;
-	/* Two of our retry intervals: the waiting host polls at least once in
-	 * one of its own (same configuration assumed). */
-	e->next_step = now + 2 * e->retry_ns;
+	defer(e, now);
 }
 
 /* A yield ends once no process we answered holds a lock any more (the
@@ -706,11 +843,11 @@ static bool any_lock_on(const struct entry *e, const struct proclocks *locks)
  * host asked for a turn: then yield now, and that process will wait.  A
  * lock of another keeper's client (another user) never asks us: after the
  * interval the sidecar goes as before.  False: release it. */
-static bool keep_for_handoff(struct entry *e, int64_t now)
+static bool hand_off_or_yield(struct entry *e, int64_t now)
 {
 	if (e->handoff_since == 0)
 		e->handoff_since = now;
-	if (another_host_waits(e, now, e->retry_ns)) {
+	if (look_for_turn_request(e, now, e->retry_ns)) {
 		yield_turn(e, now);
 		return true;
 	}
@@ -723,7 +860,7 @@ static void check_held(int64_t now)
 	next_check = -1;
 	bool any_held = false;
 	for (struct entry *e = entries; e != NULL; e = e->next)
-		any_held |= (e->state == HELD);
+		any_held |= holds_sidecar(e);
 	if (!any_held)
 		return;
 	struct proclocks locks;
@@ -737,16 +874,14 @@ static void check_held(int64_t now)
 	int64_t interval = MAX_CHECK_NS;
 	for (struct entry *e = entries, *next; e != NULL; e = next) {
 		next = e->next;
-		if (e->state != HELD)
-			continue;
-		if (e->yielding)
+		if (e->state == YIELDING)
 			finish_yielding(e, &locks, now);
 		if (e->state != HELD)
 			continue;
 		if (locked_locally(e, &locks)) {
 			e->handoff_since = 0;
 			interval = MIN(interval, e->retry_ns);
-		} else if (any_lock_on(e, &locks) && keep_for_handoff(e, now)) {
+		} else if (any_lock_on(e, &locks) && hand_off_or_yield(e, now)) {
 			if (e->state == HELD)
 				interval = MIN(interval, e->retry_ns);
 		} else if (now < e->turn_grace_until) { /* for processes told to come back */
@@ -757,7 +892,7 @@ static void check_held(int64_t now)
 	}
 	proclocks_free(&locks);
 	for (struct entry *e = entries; e != NULL; e = e->next)
-		if (e->state == HELD) {
+		if (holds_sidecar(e)) {
 			schedule_check(now, interval);
 			break;
 		}
@@ -832,11 +967,11 @@ static bool may_send_away(const struct entry *e)
 static void answer_while_held(struct conn *c, struct entry *e, const struct keeper_request *req, int64_t now)
 {
 	bool granted = find_requester(e, c->pid)->granted;
-	if (!granted && !e->yielding && another_host_waits(e, now, e->retry_ns)) {
+	if (!granted && e->state == HELD && look_for_turn_request(e, now, e->retry_ns)) {
 		log_info("another client waits for %s: giving it up after the local holders", e->hold.path);
-		e->yielding = true;
+		e->state = YIELDING;
 	}
-	if (granted || !e->yielding || !may_send_away(e)) {
+	if (granted || e->state != YIELDING || !may_send_away(e)) {
 		grant(e, c->pid);
 		return reply(c, KEEPER_HELD, 0, NULL);
 	}
@@ -854,21 +989,26 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	if (e != NULL && !add_inode(e, req))
 		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
-	if (e != NULL && e->state == HELD)
+	if (e != NULL && holds_sidecar(e))
 		return answer_while_held(c, e, req, now);
-	if (e != NULL && e->state == WAITING && req->nonblocking) {
-		char msg[512];
-		busy_message(e, msg, sizeof msg);
-		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s", msg);
-	}
 	if (e == NULL) {
 		if ((e = new_entry(req, now)) == NULL)
 			return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 		continue_turn(e, now);
-		if (req->nonblocking && e->next_step > now) { /* letting another host go first */
-			free_entry(e);
-			return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s: another client waits for it", req->sidecar);
-		}
+	}
+	if (req->nonblocking && e->state == DEFERRING) {
+		note_nonblocking_ask(e, now);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s: another client waits for it", req->sidecar);
+	}
+	if (req->nonblocking && e->state == WAITING && count_waiters(e) > 0) { /* they attempt already */
+		char msg[512];
+		busy_message(e, msg, sizeof msg);
+		note_nonblocking_ask(e, now);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s", msg);
+	}
+	if (e->state == WATCHING) { /* asked again: attempt now */
+		e->state = WAITING;
+		e->next_step = now;
 	}
 	add_inode(e, req);
 	if (!remember_requester(e, c->pid))
@@ -886,7 +1026,7 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 static void handle_wait_turn(struct conn *c, const struct keeper_request *req, int64_t now)
 {
 	struct entry *e = find_entry(req->sidecar);
-	if (e == NULL || (e->state == HELD && !e->yielding))
+	if (e == NULL || e->state == HELD || e->state == WATCHING)
 		return reply(c, KEEPER_DONE, 0, NULL);
 	c->entry = e;
 	c->turn_only = true;
@@ -897,7 +1037,7 @@ static void handle_wait_turn(struct conn *c, const struct keeper_request *req, i
 static void handle_probe(struct conn *c, const struct keeper_request *req)
 {
 	struct entry *e = find_entry(req->sidecar);
-	if (e != NULL && e->state == HELD)
+	if (e != NULL && holds_sidecar(e))
 		return reply(c, KEEPER_HELD, 0, NULL);
 	if (access(req->sidecar, F_OK) == 0) {
 		char who[256];
@@ -943,8 +1083,7 @@ static void handle_hangup(struct conn *c)
 {
 	struct entry *e = c->entry;
 	drop_conn(c);
-	if (e->state == WAITING && count_waiters(e) == 0)
-		free_entry(e);
+	forget_if_unwanted(e, mono_ns());
 }
 
 static void accept_connections(void)
@@ -981,7 +1120,7 @@ static void expire_deadlines(int64_t now)
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
 		if (c->entry != NULL && c->say_waiting_at >= 0 && now >= c->say_waiting_at &&
-		    (c->entry->state != HELD || c->turn_only))
+		    (!holds_sidecar(c->entry) || c->turn_only))
 			say_still_waiting(c);
 		if (c->entry == NULL || c->deadline < 0 || now < c->deadline)
 			continue;
@@ -989,8 +1128,7 @@ static void expire_deadlines(int64_t now)
 		sidecar_describe(c->entry->hold.path, who, sizeof who);
 		struct entry *e = c->entry;
 		reply(c, KEEPER_TIMEOUT, ENOLCK, "timed out waiting for %s (held by: %s)", e->hold.path, who);
-		if (e->state == WAITING && count_waiters(e) == 0)
-			free_entry(e);
+		forget_if_unwanted(e, now);
 	}
 }
 
@@ -1000,7 +1138,7 @@ static int64_t next_wakeup(int64_t now, int64_t idle_since)
 {
 	int64_t at = next_check;
 	for (struct entry *e = entries; e != NULL; e = e->next) {
-		int64_t due = e->state == HELD ? e->next_beat : e->next_step;
+		int64_t due = holds_sidecar(e) ? e->next_beat : e->next_step;
 		if (at < 0 || due < at)
 			at = due;
 	}
@@ -1022,9 +1160,9 @@ static void serve(void)
 		int64_t now = mono_ns();
 		for (struct entry *e = entries, *next; e != NULL; e = next) {
 			next = e->next;
-			if (e->state != HELD && e->next_step <= now)
+			if (!holds_sidecar(e) && e->next_step <= now)
 				step(e, now);
-			else if (e->state == HELD && e->next_beat <= now)
+			else if (holds_sidecar(e) && e->next_beat <= now)
 				heartbeat(e, now);
 		}
 		if (next_check >= 0 && next_check <= now)
@@ -1083,9 +1221,9 @@ static void shut_down(void)
 	}
 	for (struct entry *e = entries, *next; e != NULL; e = next) {
 		next = e->next;
-		if (e->state == VERIFYING)
+		if (e->state == VERIFYING || e->state == YIELDING)
 			e->state = HELD; /* possibly ours: let the check decide */
-		else if (e->state == WAITING)
+		else if (!holds_sidecar(e))
 			free_entry(e);
 	}
 	check_held(mono_ns());
