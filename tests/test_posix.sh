@@ -230,6 +230,46 @@ test_flock_and_fcntl_exclude_each_other_across_clients() {
   release_holder
 }
 
+# A long-lived Python sqlite3 connection writing small transactions for
+# SECONDS: argv DB SECONDS NAME; prints how many it committed and the
+# longest one took, in ms.
+SQLITE_WRITER='
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+end, done, longest = time.monotonic() + float(sys.argv[2]), 0, 0
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO t(host, b) VALUES (?, randomblob(300))", (sys.argv[3],))
+    db.execute("COMMIT")
+    done, longest = done + 1, max(longest, time.monotonic() - t0)
+print(done, int(longest * 1000))'
+
+# SQLite only makes non-blocking lock calls: two hosts (own keepers, own pid
+# namespaces) writing one database at once must both get turns, not one of
+# them starving behind the other's back-to-back transactions.
+test_sqlite_on_two_hosts_both_make_progress() {
+  sqlite3 "$RIG/srv/db" 'PRAGMA journal_mode=DELETE;
+    CREATE TABLE t(id INTEGER PRIMARY KEY, host TEXT, b BLOB); CREATE INDEX t_b ON t(b);' >/dev/null
+  shimmed python3 -c "$SQLITE_WRITER" "$C1/db" 6 one >"$RIG/one.out" 2>&1 &
+  local one=$!
+  (other_host python3 -c "$SQLITE_WRITER" "$C2/db" 6 two >"$RIG/two.out" 2>&1) &
+  local two=$!
+  wait "$one" "$two"
+  local n1 n2 ms1 ms2 rows
+  read -r n1 ms1 <"$RIG/one.out"; read -r n2 ms2 <"$RIG/two.out"
+  echo "sqlite on two hosts: $n1 and $n2 transactions in 6 s, the longest $ms1 and $ms2 ms"
+  rows=$(sqlite3 "$RIG/srv/db" "SELECT count(*) FROM t WHERE host='one'; SELECT count(*) FROM t WHERE host='two';" | tr '\n' ' ')
+  assertEquals "every committed row is there" "$n1 $n2 " "$rows"
+  assertEquals ok "$(sqlite3 "$RIG/srv/db" 'PRAGMA integrity_check;')"
+  # Each host gets at least a fifth of the transactions, and no transaction
+  # waits long behind the other host's (starving, they took 0.6-4.4 s).
+  assertTrue "host one: $n1 of $((n1 + n2))" "[ $((5 * n1)) -ge $((n1 + n2)) ]"
+  assertTrue "host two: $n2 of $((n1 + n2))" "[ $((5 * n2)) -ge $((n1 + n2)) ]"
+  assertTrue "host one's longest transaction took $ms1 ms" "[ $ms1 -lt 2000 ]"
+  assertTrue "host two's longest transaction took $ms2 ms" "[ $ms2 -lt 2000 ]"
+}
+
 # sqlite_workers PRELOAD SQL: 4 workers (2 per client), each running SQL as
 # 50 autocommit statements, one sqlite3 process each, busy timeout 30 s.
 sqlite_workers() {

@@ -647,10 +647,11 @@ static int64_t turn_ns(const struct entry *e)
 
 /* After a turn, looks whether another host asked for one: true if so.  One
  * look at the share, at most once per look_every.  The request stays: its
- * keeper removes it once it holds the sidecar (see step_deferring). */
+ * keeper removes it once it holds the sidecar (see step_deferring).  Safe
+ * whatever /proc shows: sending a newcomer away needs may_send_away too. */
 static bool look_for_turn_request(struct entry *e, int64_t now, int64_t look_every)
 {
-	if (!pids_comparable || now - e->turn_since < turn_ns(e) || now < e->next_want_look)
+	if (now - e->turn_since < turn_ns(e) || now < e->next_want_look)
 		return false;
 	e->next_want_look = now + look_every;
 	return sidecar_wanted(e->hold.path);
