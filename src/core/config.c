@@ -174,6 +174,7 @@ void config_load(struct config *c)
 	c->timeout_ns = -1;
 	c->lease_ns = 30 * NS_PER_SEC;
 	c->foreign_stale_ns = -1;
+	c->linger_ns = 5 * NS_PER_SEC;
 	strcpy(c->suffix, ".lock");
 	c->log_level = LOG_WARN;
 	const char *level = getenv("UUIDLOCK_LOG");
@@ -197,6 +198,7 @@ void config_load(struct config *c)
 	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);
 	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false);
 	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false);
+	load_seconds(c, "UUIDLOCK_LINGER", &c->linger_ns, false);
 	if (c->lease_ns < NS_PER_SEC / 10)
 		bad(c, "UUIDLOCK_LEASE", getenv("UUIDLOCK_LEASE"), "must be at least 0.1 seconds");
 	if (c->retry_interval_ns == 0)

@@ -28,6 +28,7 @@ struct config {
 	int64_t timeout_ns; /* < 0: wait forever */
 	int64_t lease_ns;   /* heartbeat every lease/3; silent for a lease = abandoned */
 	int64_t foreign_stale_ns; /* < 0: never break a foreign sidecar */
+	int64_t linger_ns;  /* keep an unused sidecar this long (0: release at once) */
 	int log_level;
 	unsigned ndirs;
 	bool auto_netfs;    /* "auto" in UUIDLOCK_PATHS: every file on a network or FUSE filesystem */

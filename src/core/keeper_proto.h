@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdint.h>
 
-#define KEEPER_PROTO_VERSION 3
+#define KEEPER_PROTO_VERSION 4
 #define KEEPER_SOCKET_NAME "keeper.sock"
 #define KEEPER_LOCK_NAME "keeper.lock"
 #define KEEPER_PID_NAME "keeper.pid"
@@ -46,6 +46,7 @@ struct keeper_request {
 	int64_t timeout_ns;
 	int64_t lease_ns;
 	int64_t foreign_stale_ns;
+	int64_t linger_ns;
 	char prefix[CONFIG_PREFIX_MAX];
 	char sidecar[PATH_MAX];
 };

@@ -45,6 +45,8 @@
 #define READY_FD 3
 #define MAX_INODES 8
 #define SAY_WAITING_NS (5 * NS_PER_SEC) /* a blocking wait this long is reported once */
+#define IDLE_HOLDS_MAX 64 /* idle holds kept at most; the least recently used go first */
+#define IDLE_POLL_MAX_NS (250 * NS_PER_MS) /* an idle hold looks for a recall at least this often */
 
 /* The life of one entry, one sidecar this host holds or wants.  Only the
  * transition functions named below change e->state.
@@ -59,7 +61,15 @@
  *   HELD       this host holds the sidecar: heartbeat, grant local asks
  *     -> YIELDING   another host asked for a turn, a newcomer came (answer_while_held)
  *     -> DEFERRING  the same, during a hand-off               (yield_turn)
- *     -> (freed)    no local lock left                        (release)
+ *     -> IDLE       no local lock left                        (linger_or_release)
+ *     -> (freed)    the same, with UUIDLOCK_LINGER=0 or at shutdown (release)
+ *   IDLE       held, heartbeating, no local lock: a local ask is answered
+ *              from memory (cached hold, like an SMB lease), once we know the
+ *              hold is still ours (resume_idle_hold)
+ *     -> HELD       a local process asked again
+ *     -> DEFERRING  another host asked for it (recall), polled  (step_idle)
+ *     -> (freed)    lingered UUIDLOCK_LINGER, or the least recently used of
+ *                   too many idle holds                       (release)
  *   YIELDING   still held for the processes already granted; newcomers wait
  *     -> DEFERRING  the last of them unlocked: released       (yield_turn)
  *   DEFERRING  released for another host's turn: stays out while its
@@ -73,7 +83,7 @@
  *     -> WAITING    asked again                               (handle_acquire)
  *     -> (freed)    no ask for a lease                        (step_watching)
  */
-enum entry_state { WAITING, VERIFYING, HELD, YIELDING, DEFERRING, WATCHING };
+enum entry_state { WAITING, VERIFYING, HELD, YIELDING, IDLE, DEFERRING, WATCHING };
 
 /* One sidecar this host holds or wants. */
 struct entry {
@@ -109,6 +119,10 @@ struct entry {
 	int64_t waiting_since, next_want_say;
 	bool said_want;
 	int64_t defer_until, want_until, watch_until;
+	/* Held: when we last wrote the sidecar (created it, or a heartbeat that
+	 * found it ours), on CLOCK_BOOTTIME; IDLE: since when, and for how long
+	 * at most (UUIDLOCK_LINGER). */
+	int64_t written_at_boot, idle_since, linger_ns;
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
 	/* HELD: the heartbeat */
@@ -383,11 +397,13 @@ static int64_t next_attempt(const struct entry *e, int64_t now)
 	return now + e->retry_ns / 2 + (int64_t)(seed % (uint64_t)(e->retry_ns / 2 + 1));
 }
 
-/* Waiting for more than a retry interval: ask the holder for a turn (see
- * sidecar.c), again every 4 attempts or so while we wait. */
+/* Found the sidecar held: ask the holder for a turn (see sidecar.c) at once
+ * -- an idle holder gives it up as soon as it sees the request -- and again
+ * every 4 attempts or so while we wait (the holder doesn't remove it, but a
+ * host that got its turn does, and others may still wait). */
 static void say_want(struct entry *e, int64_t now)
 {
-	if (now - e->waiting_since < e->retry_ns || now < e->next_want_say)
+	if (now < e->next_want_say)
 		return;
 	e->next_want_say = now + 4 * e->retry_ns;
 	int err = sidecar_want(e->hold.path);
@@ -431,17 +447,22 @@ static void forget_if_unwanted(struct entry *e, int64_t now)
 		stop_waiting(e, now);
 }
 
-/* Someone else holds the sidecar: non-blocking askers get "busy" (and ask
- * for a turn like the rest, see say_want), the rest wait for the next
- * attempt. */
+/* Someone else holds the sidecar: non-blocking askers get "busy", the rest
+ * wait for the next attempt.  All of them ask for a turn (see say_want) --
+ * non-blocking ones from their second miss on: a program that polls will
+ * ask again (SQLite's busy handler, py-filelock), a one-off probe won't. */
 static void back_off(struct entry *e, int64_t now)
 {
-	bool nonblocking_waiter = false;
+	bool nonblocking_waiter = false, blocking_waiter = false;
 	for (struct conn *c = conns; c != NULL; c = c->next)
-		nonblocking_waiter |= c->entry == e && c->nonblocking;
+		if (c->entry == e) {
+			nonblocking_waiter |= c->nonblocking;
+			blocking_waiter |= !c->nonblocking;
+		}
 	e->state = WAITING;
 	e->next_step = next_attempt(e, now);
-	say_want(e, now);
+	if (blocking_waiter || now < e->watch_until)
+		say_want(e, now);
 	if (nonblocking_waiter) { /* reading the holder costs the share a round trip */
 		char msg[512];
 		busy_message(e, msg, sizeof msg);
@@ -518,6 +539,7 @@ static void step_waiting(struct entry *e, int64_t now)
 		return back_off(e, now);
 	if (err != 0)
 		return give_up(e, err, "create");
+	e->written_at_boot = boot_ns();
 	start_verifying(e, now);
 }
 
@@ -574,6 +596,8 @@ static void step_watching(struct entry *e, int64_t now)
 	e->next_step = e->said_want ? MIN(e->want_until, e->watch_until) : e->watch_until;
 }
 
+static void step_idle(struct entry *e, int64_t now);
+
 /* Advances e at e->next_step. */
 static void step(struct entry *e, int64_t now)
 {
@@ -582,6 +606,7 @@ static void step(struct entry *e, int64_t now)
 	case VERIFYING: return step_verifying(e, now);
 	case DEFERRING: return step_deferring(e, now);
 	case WATCHING: return step_watching(e, now);
+	case IDLE: return step_idle(e, now);
 	case HELD:
 	case YIELDING: return; /* driven by heartbeats and checks */
 	}
@@ -589,7 +614,14 @@ static void step(struct entry *e, int64_t now)
 
 static bool holds_sidecar(const struct entry *e)
 {
-	return e->state == HELD || e->state == YIELDING;
+	return e->state == HELD || e->state == YIELDING || e->state == IDLE;
+}
+
+/* Whether e is advanced by step() at e->next_step (else only by heartbeats,
+ * checks and requests). */
+static bool has_steps(const struct entry *e)
+{
+	return !holds_sidecar(e) || e->state == IDLE;
 }
 
 /* Tells every local process that holds a lock on e's file, on its stderr:
@@ -622,9 +654,12 @@ static void tell_holders(const struct entry *e, const char *msg)
 static void heartbeat(struct entry *e, int64_t now)
 {
 	e->next_beat = now + e->holder.lease_ns / 3;
+	int64_t at = boot_ns();
 	int err = sidecar_heartbeat(&e->hold, ++e->beats);
-	if (err == 0)
+	if (err == 0) {
+		e->written_at_boot = at;
 		return;
+	}
 	char msg[PATH_MAX + 128];
 	if (err == EEXIST || err == ENOENT) {
 		snprintf(msg, sizeof msg, "lock on %s was lost: its sidecar was %s", e->hold.path,
@@ -731,8 +766,89 @@ static void release(struct entry *e)
 {
 	if (holds_sidecar(e))
 		remember_release(e, mono_ns());
-	release_sidecar(e, "");
+	release_sidecar(e, e->state == IDLE ? " (idle)" : "");
 	free_entry(e);
+}
+
+/* ---- idle holds (cached holds; see sidecar.c) ---------------------------- */
+
+/* How often an idle hold looks for another host's request: every retry
+ * interval at first, less often the longer it has been idle, at least
+ * every IDLE_POLL_MAX_NS.  One share operation per look. */
+static int64_t recall_poll_ns(const struct entry *e, int64_t now)
+{
+	return MAX(e->retry_ns, MIN((now - e->idle_since) / 4, IDLE_POLL_MAX_NS));
+}
+
+static void step_idle(struct entry *e, int64_t now)
+{
+	if (now - e->idle_since >= e->linger_ns)
+		return release(e);
+	if (sidecar_wanted(e->hold.path)) {
+		int err = release_sidecar(e, " for another client (recalled while idle)");
+		if (err == 0 || err == EEXIST || err == ENOENT)
+			return defer(e, now);
+	}
+	e->next_step = now + recall_poll_ns(e, now);
+}
+
+static void release_least_recently_used_idle(void)
+{
+	struct entry *oldest = NULL;
+	unsigned idle = 0;
+	for (struct entry *e = entries; e != NULL; e = e->next)
+		if (e->state == IDLE) {
+			idle++;
+			if (oldest == NULL || e->idle_since < oldest->idle_since)
+				oldest = e;
+		}
+	if (idle > IDLE_HOLDS_MAX)
+		release(oldest);
+}
+
+/* The last local lock on e's file ended: keep the sidecar for a while. */
+static void linger_or_release(struct entry *e, int64_t now)
+{
+	if (e->linger_ns <= 0)
+		return release(e);
+	e->state = IDLE;
+	e->idle_since = now;
+	e->next_step = now + e->retry_ns;
+	log_info("keeping %s (idle)", e->hold.path);
+	release_least_recently_used_idle();
+}
+
+/* Is our last write to the sidecar recent enough that no other host can
+ * have broken it since?  See sidecar.c, "Cached holds". */
+static bool written_lately(const struct entry *e)
+{
+	return boot_ns() - e->written_at_boot < e->holder.lease_ns / 2;
+}
+
+/* A local process asks for an idle hold: answer from memory only if the
+ * hold is still ours (a keeper stopped or suspended for a lease may have
+ * been broken meanwhile): after a long gap, check on the share first, and
+ * if another host took it, start over. */
+static void resume_idle_hold(struct entry *e, int64_t now)
+{
+	if (!written_lately(e)) {
+		int64_t at = boot_ns();
+		int err = sidecar_heartbeat(&e->hold, ++e->beats);
+		if (err != 0) {
+			log_warn("idle hold on %s is no longer ours (%s): taking it again", e->hold.path,
+				 err == EEXIST ? "another client has it" : strerror(err));
+			e->state = WAITING;
+			e->turn_since = 0;
+			e->waiting_since = now;
+			e->next_step = now;
+			return;
+		}
+		e->written_at_boot = at;
+		e->next_beat = now + e->holder.lease_ns / 3;
+	}
+	e->state = HELD;
+	e->handoff_since = 0;
+	schedule_check(now, e->retry_ns);
 }
 
 /* Does a process we serve still hold a lock on e's file?  A FLOCK line names
@@ -888,7 +1004,7 @@ static void check_held(int64_t now)
 		} else if (now < e->turn_grace_until) { /* for processes told to come back */
 			interval = MIN(interval, e->turn_grace_until - now);
 		} else {
-			release(e);
+			linger_or_release(e, now);
 		}
 	}
 	proclocks_free(&locks);
@@ -917,6 +1033,7 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder = me;
 	e->holder.pid = req->pid;
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
+	e->linger_ns = req->linger_ns;
 	e->next = entries;
 	entries = e;
 	return e;
@@ -990,6 +1107,8 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	if (e != NULL && !add_inode(e, req))
 		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
+	if (e != NULL && e->state == IDLE)
+		resume_idle_hold(e, now);
 	if (e != NULL && holds_sidecar(e))
 		return answer_while_held(c, e, req, now);
 	if (e == NULL) {
@@ -1139,9 +1258,10 @@ static int64_t next_wakeup(int64_t now, int64_t idle_since)
 {
 	int64_t at = next_check;
 	for (struct entry *e = entries; e != NULL; e = e->next) {
-		int64_t due = holds_sidecar(e) ? e->next_beat : e->next_step;
-		if (at < 0 || due < at)
-			at = due;
+		if (holds_sidecar(e) && (at < 0 || e->next_beat < at))
+			at = e->next_beat;
+		if (has_steps(e) && (at < 0 || e->next_step < at))
+			at = e->next_step;
 	}
 	for (struct conn *c = conns; c != NULL; c = c->next) {
 		if (c->deadline >= 0 && (at < 0 || c->deadline < at))
@@ -1161,10 +1281,10 @@ static void serve(void)
 		int64_t now = mono_ns();
 		for (struct entry *e = entries, *next; e != NULL; e = next) {
 			next = e->next;
-			if (!holds_sidecar(e) && e->next_step <= now)
+			if (holds_sidecar(e) && e->next_beat <= now)
+				heartbeat(e, now); /* may free e */
+			else if (has_steps(e) && e->next_step <= now)
 				step(e, now);
-			else if (holds_sidecar(e) && e->next_beat <= now)
-				heartbeat(e, now);
 		}
 		if (next_check >= 0 && next_check <= now)
 			check_held(now);
@@ -1224,8 +1344,12 @@ static void shut_down(void)
 		next = e->next;
 		if (e->state == VERIFYING || e->state == YIELDING)
 			e->state = HELD; /* possibly ours: let the check decide */
+		else if (e->state == IDLE)
+			release(e);
 		else if (!holds_sidecar(e))
 			free_entry(e);
+		else
+			e->linger_ns = 0; /* the check releases what no local lock needs */
 	}
 	check_held(mono_ns());
 }

@@ -34,6 +34,7 @@ static struct keeper_request new_request(enum keeper_op op)
 		.timeout_ns = shim_config.timeout_ns,
 		.lease_ns = shim_config.lease_ns,
 		.foreign_stale_ns = shim_config.foreign_stale_ns,
+		.linger_ns = shim_config.linger_ns,
 	};
 }
 
