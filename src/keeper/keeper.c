@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -156,6 +157,10 @@ static struct sidecar_holder me; /* host identity and keeper pid, for every side
 /* False when /proc belongs to another pid namespace than ours: its pids
  * can't be compared with our clients', so any lock on a file counts. */
 static bool pids_comparable;
+/* Idle holds are kept only where the keeper can outlive its clients: see
+ * in_initial_pid_namespace. */
+static bool may_linger;
+#define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode, fixed by the kernel */
 static struct conn *conns;
 static int listen_fd = -1;
 static volatile sig_atomic_t stop_requested;
@@ -617,6 +622,16 @@ static bool holds_sidecar(const struct entry *e)
 	return e->state == HELD || e->state == YIELDING || e->state == IDLE;
 }
 
+/* A keeper in a pid namespace other than the initial one (a container) is
+ * killed, without a chance to release, the moment the namespace's init
+ * exits: an idle hold there would cost every other host a lease.  False
+ * also when /proc can't tell. */
+static bool in_initial_pid_namespace(void)
+{
+	struct stat ns;
+	return stat("/proc/self/ns/pid", &ns) == 0 && ns.st_ino == PROC_PID_INIT_INO;
+}
+
 /* Whether e is advanced by step() at e->next_step (else only by heartbeats,
  * checks and requests). */
 static bool has_steps(const struct entry *e)
@@ -664,8 +679,12 @@ static void heartbeat(struct entry *e, int64_t now)
 	if (err == EEXIST || err == ENOENT) {
 		snprintf(msg, sizeof msg, "lock on %s was lost: its sidecar was %s", e->hold.path,
 			 err == ENOENT ? "deleted" : "taken over by another client");
-		log_error("%s", msg);
-		tell_holders(e, msg);
+		if (e->state == IDLE) { /* nobody holds a lock on it: nobody to tell */
+			log_warn("%s (idle)", msg);
+		} else {
+			log_error("%s", msg);
+			tell_holders(e, msg);
+		}
 		free_entry(e);
 		return;
 	}
@@ -1033,7 +1052,7 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder = me;
 	e->holder.pid = req->pid;
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
-	e->linger_ns = req->linger_ns;
+	e->linger_ns = may_linger ? req->linger_ns : 0;
 	e->next = entries;
 	entries = e;
 	return e;
@@ -1458,6 +1477,7 @@ int main(int argc, char **argv)
 	char self[32];
 	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
 	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
+	may_linger = in_initial_pid_namespace();
 
 	bool serving = become_the_keeper(dir);
 	if (!foreground) {
