@@ -33,12 +33,33 @@
  * Fairness.  A host holds the sidecar while any of its processes holds a
  * lock, and its processes hand the kernel lock to each other directly: under
  * steady local demand no other host would ever get a turn.  So a host that
- * has waited a retry interval creates F + SUFFIX + ".want" (empty, advisory:
- * deleting it can cost a turn, never exclusion).  The holder's keeper, once
- * it has held the sidecar for a turn, looks for that file when a process of
- * its own asks for the lock; if it is there, it removes it, lets the
- * processes it has already answered finish, releases the sidecar and tries
- * again only after two retry intervals, while the newcomers wait.
+ * finds the sidecar held creates F + SUFFIX + ".want" (empty, advisory:
+ * deleting it can cost a turn, never exclusion) -- a host that asks only
+ * with non-blocking calls from its second miss on.  The holder's keeper,
+ * once it has held the sidecar for a turn, looks for that file when a
+ * process of its own asks for the lock; if it is there, it lets the
+ * processes it has already answered finish, releases the sidecar, and stays
+ * out while the request stands and the sidecar is free, however long the
+ * other host's round trips take.  Only a host that got the sidecar removes
+ * the request (or one that stopped waiting); a request nobody answers for a
+ * second or ten retry intervals is stale and removed by the host deferring
+ * to it.
+ *
+ * Cached holds.  When the last local lock on F ends, the keeper keeps the
+ * sidecar for UUIDLOCK_LINGER (still heartbeating, looking for ".want"
+ * every retry interval at first, at least every 0.25 s later), so that the
+ * next local lock costs no verification delay.  A hold kept in memory may
+ * have been lost meanwhile: another host breaks a sidecar only after it has
+ * watched its content stand still for a lease, and that watch starts no
+ * earlier than our last write to it (the create, or a heartbeat that found
+ * our token).  So if our last write is less than half a lease old, no host
+ * can have broken it yet, and the keeper grants from memory; else it first
+ * rewrites the heartbeat through a descriptor on which it checked the token
+ * (and if the token is gone, acquires from scratch).  The age is taken on
+ * CLOCK_BOOTTIME, which counts a suspended machine's sleep (CLOCK_MONOTONIC
+ * stops; another host's clocks don't).  A keeper in a container's pid
+ * namespace keeps no idle holds: the kernel kills it with the container,
+ * and a sidecar it never released would cost every other host a lease.
  *
  * This file does the steps; the keeper (src/keeper) sequences them in time,
  * because a host's sidecar must outlive the processes that asked for it. */
