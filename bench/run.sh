@@ -400,4 +400,6 @@ printf '  taking N managed locks in one process (RETRY_INTERVAL=0.01):'
 for n in $SCALE_N; do printf '  N=%s: %s ms/lock, keeper CPU %s ms/lock;' "$n" "$(med "scale.ms.$n")" "$(med "scale.cpu.$n")"; done
 echo
 fi
+# 6. cached holds with the default timings: measures and prints its own rows.
+. "$TOP/bench/cached.sh"
 [ "$FAILED" = 0 ] || { echo "bench: some measurements FAILED (see above)"; exit 1; }
