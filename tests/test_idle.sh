@@ -66,6 +66,18 @@ lock.release()' "$C2/f" 2>&1)
   assertEquals "got it" "$out"
 }
 
+test_status_says_a_hold_is_idle() {
+  export UUIDLOCK_LINGER=60
+  idle_hold f
+  local out; out=$("$TOP/build/uuidlock" status "$C1/f")
+  assertContains "$out" "held by host"
+  assertContains "$out" "idle for"
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  assertContains "$("$TOP/build/uuidlock" status "$C1/f")" "in use"
+  release_holder
+}
+
 test_an_idle_hold_ends_after_the_linger() {
   export UUIDLOCK_LINGER=0.3
   idle_hold f

@@ -1,6 +1,8 @@
 /* uuidlock: run a program under the shim, see who holds a lock, clear a
  * provably stale one.  The protocol itself is in src/core/sidecar.c. */
+#include "../core/client.h"
 #include "../core/config.h"
+#include "../core/keeper_proto.h"
 #include "../core/hostid.h"
 #include "../core/log.h"
 #include "../core/sidecar.h"
@@ -133,7 +135,28 @@ struct look {
 	ssize_t len; /* < 0: -errno */
 	struct sidecar_info info;
 	const char *liveness; /* "alive", "dead", "unknown" */
+	char keeper_says[128]; /* this host's keeper on its hold: "idle for 2.1 s", or "" */
 };
+
+/* Asks this host's keeper about its hold on l's sidecar: only it knows
+ * whether the hold is in use or idle (a cached hold, see sidecar.c). */
+static void ask_keeper(const char *file, struct look *l)
+{
+	static struct config config;
+	static bool loaded;
+	if (!loaded) {
+		config_load(&config);
+		loaded = true;
+	}
+	struct keeper_request req = { .version = KEEPER_PROTO_VERSION, .op = KEEPER_PROBE, .pid = getpid() };
+	char real[PATH_MAX];
+	if (realpath(file, real) == NULL ||
+	    (size_t)snprintf(req.sidecar, sizeof req.sidecar, "%s%s", real, l->sidecar + strlen(file)) >= sizeof req.sidecar)
+		return;
+	struct keeper_reply rep = { 0 };
+	if (keeper_call(&config, "", &req, &rep) == 0 && rep.status == KEEPER_HELD)
+		snprintf(l->keeper_says, sizeof l->keeper_says, "%s", rep.message);
+}
 
 static void look_at(const char *file, const char *suffix, struct look *l)
 {
@@ -141,6 +164,7 @@ static void look_at(const char *file, const char *suffix, struct look *l)
 	l->len = sidecar_read_head(l->sidecar, l->head, sizeof l->head);
 	memset(&l->info, 0, sizeof l->info);
 	l->liveness = "unknown";
+	l->keeper_says[0] = '\0';
 	if (l->len < 0)
 		return;
 	sidecar_parse(l->head, (size_t)l->len, &l->info);
@@ -148,6 +172,8 @@ static void look_at(const char *file, const char *suffix, struct look *l)
 	host_identity(here, sizeof here);
 	if (l->info.ours_format && strcmp(l->info.host_id, here) == 0)
 		l->liveness = process_is((pid_t)l->info.keeper_pid, l->info.keeper_start) ? "alive" : "dead";
+	if (strcmp(l->liveness, "alive") == 0)
+		ask_keeper(file, l);
 }
 
 /* A key=value line of a sidecar we could read, or "". */
@@ -199,6 +225,10 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 				       l->info.pid, l->info.keeper_pid, age[0] ? age : "null", l->info.heartbeat);
 			}
 			printf(",\"holder\":\"%s\"", l->liveness);
+			if (l->keeper_says[0] != '\0') {
+				printf(",\"keeper\":");
+				json_string(l->keeper_says);
+			}
 		}
 		putchar('}');
 		return;
@@ -210,9 +240,9 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 	} else if (!l->info.ours_format) {
 		printf("%s: held, foreign format (not uuidlock), content %s; holder unknown\n", file, token);
 	} else {
-		printf("%s: held by host %s (%s) pid %ld, keeper pid %ld, for %ss, heartbeat %llu, uuid %s; holder %s\n",
+		printf("%s: held by host %s (%s) pid %ld, keeper pid %ld, for %ss, heartbeat %llu, uuid %s; holder %s%s%s\n",
 		       file, host, l->info.host_id, l->info.pid, l->info.keeper_pid, age[0] ? age : "?",
-		       l->info.heartbeat, token, l->liveness);
+		       l->info.heartbeat, token, l->liveness, l->keeper_says[0] ? ", " : "", l->keeper_says);
 	}
 }
 

@@ -1176,8 +1176,10 @@ static void handle_wait_turn(struct conn *c, const struct keeper_request *req, i
 static void handle_probe(struct conn *c, const struct keeper_request *req)
 {
 	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && e->state == IDLE)
+		return reply(c, KEEPER_HELD, 0, "idle for %.1f s (cached hold)", (double)(mono_ns() - e->idle_since) / NS_PER_SEC);
 	if (e != NULL && holds_sidecar(e))
-		return reply(c, KEEPER_HELD, 0, NULL);
+		return reply(c, KEEPER_HELD, 0, "in use");
 	if (access(req->sidecar, F_OK) == 0) {
 		char who[256];
 		sidecar_describe(req->sidecar, who, sizeof who);
