@@ -14,6 +14,7 @@
  * One keeper per runtime directory (per user), started on demand by the shim,
  * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
  * every step is short, waiting is done with timers, never with sleep. */
+#include "../core/coherence.h"
 #include "../core/hostid.h"
 #include "../core/keeper_proto.h"
 #include "../core/log.h"
@@ -124,6 +125,7 @@ struct entry {
 	 * found it ours), on CLOCK_BOOTTIME; IDLE: since when, and for how long
 	 * at most (UUIDLOCK_LINGER). */
 	int64_t written_at_boot, idle_since, linger_ns;
+	size_t file_len; /* the locked file's path: hold.path's first file_len bytes */
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
 	/* HELD: the heartbeat */
@@ -486,8 +488,19 @@ static void give_up(struct entry *e, int err, const char *what)
 	free_entry(e);
 }
 
+/* The locked file's path, into out[PATH_MAX]. */
+static const char *locked_file(const struct entry *e, char *out)
+{
+	snprintf(out, PATH_MAX, "%.*s", (int)e->file_len, e->hold.path);
+	return out;
+}
+
 static void become_held(struct entry *e, int64_t now)
 {
+	char file[PATH_MAX];
+	/* Another host may have written meanwhile: before anyone of ours reads
+	 * under the lock (see coherence.h). */
+	coherence_drop(locked_file(e, file));
 	e->state = HELD;
 	forget_observations(e);
 	e->next_beat = now + e->holder.lease_ns / 3;
@@ -770,6 +783,8 @@ static void continue_turn(struct entry *e, int64_t now)
  * Returns sidecar_release's answer: EEXIST/ENOENT mean the hold was lost. */
 static int release_sidecar(struct entry *e, const char *purpose)
 {
+	char file[PATH_MAX];
+	coherence_flush(locked_file(e, file)); /* before another host may read it */
 	int err = sidecar_release(&e->hold);
 	if (err == 0)
 		log_info("released %s%s", e->hold.path, purpose);
@@ -1053,6 +1068,8 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder.pid = req->pid;
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
 	e->linger_ns = may_linger ? req->linger_ns : 0;
+	size_t n = strlen(e->hold.path);
+	e->file_len = req->suffix_len < n ? n - req->suffix_len : n;
 	e->next = entries;
 	entries = e;
 	return e;

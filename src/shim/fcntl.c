@@ -31,15 +31,6 @@ static bool is_lock_command(int cmd)
 	}
 }
 
-/* SQLite's WAL index (*-shm) is shared memory: no lock file can make it
- * coherent across machines, so refuse rather than let it corrupt. */
-static bool is_sqlite_shm(const struct managed_file *mf)
-{
-	static const char shm[] = "-shm";
-	size_t n = strlen(mf->sidecar), s = strlen(shim_config.suffix);
-	return n >= s + sizeof shm - 1 && memcmp(mf->sidecar + n - s - (sizeof shm - 1), shm, sizeof shm - 1) == 0;
-}
-
 /* F_GETLK found no local conflict: report a lock held by another client as
  * a write lock on the whole file with l_pid -1 (its pid is on another host). */
 static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
@@ -111,13 +102,6 @@ int record_lock(int fd, int cmd, struct flock *fl)
 		return -1;
 	default:
 		break;
-	}
-	if (is_sqlite_shm(&mf)) {
-		log_error("refusing to lock %.*s: SQLite WAL mode cannot work across clients of a share; "
-			  "use a rollback journal mode (journal_mode=DELETE)",
-			  (int)(strlen(mf.sidecar) - strlen(shim_config.suffix)), mf.sidecar);
-		errno = ENOLCK;
-		return -1;
 	}
 	if (cmd == F_GETLK || cmd == F_OFD_GETLK)
 		return get_lock(fd, cmd, fl, &mf);

@@ -48,6 +48,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	req.ino = mf->ino;
 	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
 	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+	req.suffix_len = (uint32_t)strlen(shim_config.suffix);
 
 	struct keeper_reply rep = { 0 };
 	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
@@ -61,9 +62,8 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	case KEEPER_HELD:
 		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
-		/* Another client may have changed the file while we didn't hold it:
-		 * drop our cached pages so that we read what it wrote. */
-		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		/* The keeper dropped the host's cached pages of the file when it
+		 * acquired the sidecar (src/core/coherence.h): nothing to do here. */
 		errno = saved_errno;
 		return 0;
 	case KEEPER_BUSY:
