@@ -134,9 +134,9 @@ deps:
 # the flock suite with 1 ms added per round trip); the flock, POSIX and crash
 # suites again with the sanitizer build.
 check: deps bench-deps all asan fuzz build/microbench build/bench-empty.so
-	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh" \
-	 UUIDLOCK_SSHFS_1MS="test_flock.sh" \
-	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
+	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh test_idle.sh test_wal.sh" \
+	 UUIDLOCK_SSHFS_1MS="test_flock.sh test_idle.sh" \
+	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_idle.sh test_wal.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh
