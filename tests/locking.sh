@@ -24,7 +24,7 @@ probe() { shimmed flock -n -E 75 "$1" true; echo $?; }
 wait_no_sidecars() {
   local i
   for i in $(seq 500); do
-    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
+    [ -z "$(find "$RIG/srv" -name "*$SFX")" ] && return 0
     sleep 0.01
   done
   assert_no_sidecars
@@ -66,7 +66,7 @@ between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= 
 
 # check_turn LOCK UNLOCK : fairness between clients.  Client 1's process A
 # holds; its process B queues behind A on the kernel lock; W on client 2
-# waits and asks for a turn (f.lock.want appears).  When A unlocks, client 1
+# waits and asks for a turn (f$SFX.want appears).  When A unlocks, client 1
 # must give the sidecar up instead of handing it to B: W gets the lock
 # first, B after W.  LOCK/UNLOCK are lockdrv steps on descriptor 5, e.g.
 # "ex:5" "un:5" or "setlkw:5:w:0:0" "setlk:5:u:0:0".
@@ -80,7 +80,7 @@ check_turn() {
   (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C2/f" "$lock" touch:"$RIG/w_held" \
     wait:"$RIG/w_go" "$unlock" >"$RIG/w.out" 2>&1) &
   local w=$!
-  wait_for_file "$RIG/srv/f.lock.want" || fail "W never asked for a turn"
+  wait_for_file "$RIG/srv/f$SFX.want" || fail "W never asked for a turn"
   (LD_PRELOAD=$SHIM_PRELOAD exec "$LOCKDRV" open:5:"$C1/f" touch:"$RIG/b_asks" "$lock" \
     touch:"$RIG/b_held" "$unlock" >"$RIG/b.out" 2>&1) &
   local b=$!
@@ -99,5 +99,5 @@ check_turn() {
   assertEquals "B: $(cat "$RIG/b.out")" 0 "$(grep -c ' err E' "$RIG/b.out")"
   assertNotContains "B's lock call leaves errno alone" "$(cat "$RIG/b.out")" "$lock ok errno-changed"
   wait_no_sidecars
-  assertFalse "no turn request left" "[ -e '$RIG/srv/f.lock.want' ]"
+  assertFalse "no turn request left" "[ -e '$RIG/srv/f$SFX.want' ]"
 }

@@ -72,8 +72,8 @@ print(d[0]["state"], d[0]["holder"], d[1]["state"])' "$RIG/json")"
 
   kill_keeper_and_holder
   assertContains "a dead keeper's sidecar" "$("$UUIDLOCK" status "$C1/f")" "holder dead"
-  rm "$RIG/srv/f.lock"
-  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  rm "$RIG/srv/f$SFX"
+  printf 'someone-3f1c9a52' >"$RIG/srv/f$SFX"
   assertContains "$("$UUIDLOCK" status "$C1/f")" "foreign format"
 }
 
@@ -83,19 +83,19 @@ test_break_refuses_live_clears_dead_and_forces_foreign() {
   "$UUIDLOCK" break "$C1/f" 2>"$RIG/err"
   assertEquals "refuses a live holder" 1 $?
   assertContains "$(cat "$RIG/err")" "is alive on this host"
-  assertTrue "still there" "[ -e '$RIG/srv/f.lock' ]"
+  assertTrue "still there" "[ -e '$RIG/srv/f$SFX' ]"
 
   kill_keeper_and_holder
-  assertContains "$("$UUIDLOCK" break "$C1/f")" "broke $C1/f.lock (its keeper on this host is gone)"
-  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+  assertContains "$("$UUIDLOCK" break "$C1/f")" "broke $C1/f$SFX (its keeper on this host is gone)"
+  assertFalse "gone" "[ -e '$RIG/srv/f$SFX' ]"
 
-  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  printf 'someone-3f1c9a52' >"$RIG/srv/f$SFX"
   "$UUIDLOCK" break "$C1/f" 2>/dev/null
   assertEquals "refuses a foreign one" 1 $?
   "$UUIDLOCK" break --force "$C1/f" 2>"$RIG/err" >/dev/null
   assertEquals "forced" 0 $?
   assertContains "$(cat "$RIG/err")" "warning"
-  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+  assertFalse "gone" "[ -e '$RIG/srv/f$SFX' ]"
 }
 
 # auto: files on FUSE are managed, files on a local filesystem are not.
@@ -105,8 +105,8 @@ test_auto_manages_network_and_fuse_filesystems_only() {
     touch:"$RIG/held" wait:"$RIG/go" >/dev/null &
   local holder=$!
   held
-  assertTrue "a sidecar for the FUSE file" "[ -e '$RIG/srv/f.lock' ]"
-  assertFalse "none for the local file" "[ -e '$RIG/local/f.lock' ]"
+  assertTrue "a sidecar for the FUSE file" "[ -e '$RIG/srv/f$SFX' ]"
+  assertFalse "none for the local file" "[ -e '$RIG/local/f$SFX' ]"
   UUIDLOCK_PATHS=auto shimmed flock -n "$C2/f" true
   assertEquals "auto excludes across clients" 1 $?
   touch "$RIG/go"; wait $holder
@@ -114,7 +114,7 @@ test_auto_manages_network_and_fuse_filesystems_only() {
 
 test_log_lines_and_log_file() {
   UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 >/dev/null 2>"$RIG/err"
-  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f.lock"
+  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f$SFX"
   assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: unlocked descriptor 5"
   assertEquals "nothing on stderr" "" "$(cat "$RIG/err")"
 }
@@ -123,7 +123,7 @@ test_long_wait_says_who_holds_the_lock() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   held
   shimmed flock -w 6 "$C2/f" true 2>"$RIG/err"
-  assertContains "$(cat "$RIG/err")" "uuidlock: waiting 5 s so far for $C2/f.lock, held by:"
+  assertContains "$(cat "$RIG/err")" "uuidlock: waiting 5 s so far for $C2/f$SFX, held by:"
   assertContains "$(cat "$RIG/err")" "pid=$HOLDER"
   touch "$RIG/go"; wait "$HOLDER"
 }

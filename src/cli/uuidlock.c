@@ -38,7 +38,7 @@ static void usage(FILE *to)
 		"      --timeout S          longest wait for another client (negative: forever)\n"
 		"      --lease S            heartbeat lease\n"
 		"      --prefix TEXT        text before the UUID in sidecars\n"
-		"      --suffix TEXT        sidecar name = file name + TEXT (default .lock)\n"
+		"      --suffix TEXT        sidecar name = file name + TEXT (default " CONFIG_DEFAULT_SUFFIX ")\n"
 		"  -v, --verbose            log acquisitions and releases (twice: debug)\n"
 		"status   shows, for each FILE, whether its sidecar exists and who holds it;\n"
 		"         exit status 0 if all are free, 1 if any is held\n"
@@ -224,7 +224,7 @@ static int cmd_status(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : ".lock";
+	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : CONFIG_DEFAULT_SUFFIX;
 	bool json = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "jh", options, NULL)) != -1) {
@@ -330,7 +330,7 @@ static int cmd_break(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : ".lock";
+	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : CONFIG_DEFAULT_SUFFIX;
 	int64_t lease_ns = 30 * NS_PER_SEC;
 	if (getenv("UUIDLOCK_LEASE") != NULL && !parse_seconds(getenv("UUIDLOCK_LEASE"), &lease_ns))
 		die("UUIDLOCK_LEASE is not a number of seconds: %s", getenv("UUIDLOCK_LEASE"));

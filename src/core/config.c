@@ -174,7 +174,7 @@ void config_load(struct config *c)
 	c->timeout_ns = -1;
 	c->lease_ns = 30 * NS_PER_SEC;
 	c->foreign_stale_ns = -1;
-	strcpy(c->suffix, ".lock");
+	strcpy(c->suffix, CONFIG_DEFAULT_SUFFIX);
 	c->log_level = LOG_WARN;
 	const char *level = getenv("UUIDLOCK_LOG");
 	if (level != NULL) {

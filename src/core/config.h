@@ -12,6 +12,10 @@
 #define CONFIG_MAX_DIRS 16
 #define CONFIG_PREFIX_MAX 128
 #define CONFIG_SUFFIX_MAX 32
+/* Not ".lock": that is the mbox dot-lock (Python's mailbox, mutt, procmail,
+ * dovecot take lockf() and a dot-lock F.lock together, and unlink F.lock
+ * unconditionally).  UUIDLOCK_SUFFIX=.lock interoperates with uuid-filelock. */
+#define CONFIG_DEFAULT_SUFFIX ".uuidlock"
 #define RUNTIME_DIR_MAX 96 /* "/keeper.sock" must still fit in sun_path[108] */
 
 struct managed_dir {
