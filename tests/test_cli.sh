@@ -33,6 +33,57 @@ test_run_reports_a_missing_directory_before_running() {
   assertContains "$(cat "$RIG/err")" "UUIDLOCK_LEASE"
 }
 
+# Every number of seconds has an upper bound (a day; a week for the lease and
+# UUIDLOCK_FOREIGN_STALE), so that no deadline "now + value" can overflow:
+# UUIDLOCK_VERIFY_DELAY=9223372036 was accepted and wrapped to a negative one.
+check_timing_bound() {
+  local var=$1 max=$2 value
+  for value in $((max + 1)) 9223372036; do
+    env "$var=$value" "$UUIDLOCK" run -p "$C1" -- touch "$RIG/ran" 2>"$RIG/err"
+    assertEquals "$var=$value is refused" 2 $?
+    assertEquals "$var=$value: one line" \
+      "uuidlock: $var=\"$value\" is invalid: must be at most $max seconds; locks on managed files will fail" \
+      "$(cat "$RIG/err")"
+  done
+  assertFalse "nothing ran" "[ -e '$RIG/ran' ]"
+  env "$var=$max" "$UUIDLOCK" run -p "$C1" -- true 2>"$RIG/err"
+  assertEquals "$var=$max is allowed: $(cat "$RIG/err")" 0 $?
+}
+
+test_run_refuses_timings_beyond_their_bounds() {
+  check_timing_bound UUIDLOCK_VERIFY_DELAY 86400
+  check_timing_bound UUIDLOCK_RETRY_INTERVAL 86400
+  check_timing_bound UUIDLOCK_TIMEOUT 86400
+  check_timing_bound UUIDLOCK_LEASE 604800
+  check_timing_bound UUIDLOCK_FOREIGN_STALE 604800
+  UUIDLOCK_TIMEOUT=-9223372036 "$UUIDLOCK" run -p "$C1" -- true
+  assertEquals "any negative timeout is forever" 0 $?
+  "$UUIDLOCK" break --lease 604801 "$C1/f" 2>"$RIG/err"
+  assertEquals "break --lease beyond a week" 2 $?
+  assertContains "$(cat "$RIG/err")" "at most a week"
+}
+
+# A sidecar of another host that claims a longer lease than any keeper allows
+# is watched for a week, not a wrapped deadline: with lease=9223372036 the
+# watch ended at once and `uuidlock break` broke a live holder.
+test_break_bounds_a_sidecars_lease() {
+  printf 'other-3f1c9a52\nuuidlock=1\nhost=x\nhost_id=other-boot/1\nkeeper_pid=1\nkeeper_start=1\npid=1\nacquired=0\nlease=9223372036.000\nheartbeat=%017d\n' \
+    0 >"$RIG/srv/f$SFX"
+  local before; before=$(md5sum <"$RIG/srv/f$SFX")
+  "$UUIDLOCK" break "$C1/f" >"$RIG/out" 2>"$RIG/err" &
+  local breaker=$!
+  local i
+  for i in $(seq 500); do
+    grep -q 'watching' "$RIG/err" && break
+    kill -0 "$breaker" 2>/dev/null || break
+    sleep 0.01
+  done
+  assertContains "watches for a week: $(cat "$RIG/out")" "$(cat "$RIG/err")" "for 604800.0 s"
+  kill "$breaker" 2>/dev/null; wait "$breaker"
+  assertEquals "the sidecar is untouched" "$before" "$(md5sum <"$RIG/srv/f$SFX")"
+  rm "$RIG/srv/f$SFX"
+}
+
 test_run_stacks_with_an_existing_preload_and_never_searches_cwd() {
   local other
   other=$(ldconfig -p | awk '/libuuid\.so\.1 .*x86-64/ { print $NF; exit }')

@@ -210,6 +210,7 @@ check_bad_config() {
 
 test_bad_configuration_is_loud_and_safe() {
   check_bad_config UUIDLOCK_VERIFY_DELAY abc
+  check_bad_config UUIDLOCK_VERIFY_DELAY 9223372036
   check_bad_config UUIDLOCK_RETRY_INTERVAL -1
   check_bad_config UUIDLOCK_TIMEOUT 1,5
   check_bad_config UUIDLOCK_PREFIX $'two\nlines'

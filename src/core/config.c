@@ -43,18 +43,23 @@ static void bad(struct config *c, const char *var, const char *value, const char
 	c->invalid = true;
 }
 
-static void load_seconds(struct config *c, const char *var, int64_t *out, bool may_be_negative)
+static void load_seconds(struct config *c, const char *var, int64_t *out, bool may_be_negative, int max_s)
 {
 	const char *v = getenv(var);
 	if (v == NULL)
 		return;
 	int64_t ns;
-	if (!parse_seconds(v, &ns))
+	char why[64];
+	if (!parse_seconds(v, &ns)) {
 		bad(c, var, v, "expected a number of seconds such as 0.5");
-	else if (ns < 0 && !may_be_negative)
+	} else if (ns < 0 && !may_be_negative) {
 		bad(c, var, v, "must not be negative");
-	else
+	} else if (ns > max_s * NS_PER_SEC) {
+		snprintf(why, sizeof why, "must be at most %d seconds", max_s);
+		bad(c, var, v, why);
+	} else {
 		*out = ns < 0 ? -1 : ns;
+	}
 }
 
 static void load_text(struct config *c, const char *var, char *out, size_t cap, bool may_be_empty,
@@ -192,11 +197,11 @@ void config_load(struct config *c)
 		load_text(c, "UUIDLOCK_LOG_FILE", c->log_file, sizeof c->log_file, false, "\n");
 		log_set_file(c->log_file);
 	}
-	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false);
-	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false);
-	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);
-	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false);
-	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false);
+	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false, CONFIG_LEASE_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false, CONFIG_LEASE_SECONDS_MAX);
 	if (c->lease_ns < NS_PER_SEC / 10)
 		bad(c, "UUIDLOCK_LEASE", getenv("UUIDLOCK_LEASE"), "must be at least 0.1 seconds");
 	if (c->retry_interval_ns == 0)

@@ -287,7 +287,8 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 		info->pid = (long)v;
 	int64_t lease;
 	if (sidecar_field(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
-		info->lease_ns = lease;
+		/* No keeper sets more, and whoever waits for it adds it to a clock. */
+		info->lease_ns = lease < CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC ? lease : CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC;
 	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
 }
 
