@@ -84,6 +84,26 @@ test_break_bounds_a_sidecars_lease() {
   rm "$RIG/srv/f$SFX"
 }
 
+# UUIDLOCK_PATHS takes at most 16 directories.  More is one line at start-up
+# (it was one line per extra directory) and every lock call fails.
+test_more_than_16_directories_are_reported_once() {
+  local i dirs=$C1
+  for i in $(seq 15); do mkdir "$RIG/d$i" && dirs+=":$RIG/d$i"; done
+  assertContains "16 work" "$(UUIDLOCK_PATHS=$dirs LD_PRELOAD=$SHIM_PRELOAD "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 2>&1)" \
+    "ex:5 ok"
+  for i in $(seq 16 20); do mkdir "$RIG/d$i" && dirs+=":$RIG/d$i"; done
+  local out
+  out=$(UUIDLOCK_PATHS=$dirs LD_PRELOAD=$SHIM_PRELOAD "$LOCKDRV" open:5:"$C1/f" ex:5 open:6:"$RIG/d1/g" ex:6 2>"$RIG/err")
+  assertContains "a managed file" "$out" "ex:5 err ENOLCK"
+  assertContains "any file" "$out" "ex:6 err ENOLCK"
+  assertEquals "one line" \
+    "uuidlock: UUIDLOCK_PATHS: 21 directories, more than the 16 supported; all lock calls will fail" "$(cat "$RIG/err")"
+  "$UUIDLOCK" run -p "$dirs" -- touch "$RIG/ran" 2>"$RIG/err"
+  assertEquals "uuidlock run refuses" 2 $?
+  assertEquals "uuidlock run: one line" 1 "$(wc -l <"$RIG/err")"
+  assertFalse "nothing ran" "[ -e '$RIG/ran' ]"
+}
+
 test_run_stacks_with_an_existing_preload_and_never_searches_cwd() {
   local other
   other=$(ldconfig -p | awk '/libuuid\.so\.1 .*x86-64/ { print $NF; exit }')

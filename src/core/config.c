@@ -132,12 +132,21 @@ void config_resolve_dirs(struct config *c)
 		resolve_dir(c, &c->dirs[i]);
 }
 
+/* One line for all of them, not one per directory beyond the limit. */
+static void too_many_dirs(struct config *c, unsigned extra)
+{
+	log_error("UUIDLOCK_PATHS: %u directories, more than the %d supported; all lock calls will fail",
+		  CONFIG_MAX_DIRS + extra, CONFIG_MAX_DIRS);
+	c->paths_invalid = c->invalid = true;
+}
+
 static void load_paths(struct config *c)
 {
 	const char *v = getenv("UUIDLOCK_PATHS");
 	if (v == NULL)
 		return;
 	char dir[PATH_MAX];
+	unsigned extra = 0;
 	for (const char *p = v; *p != '\0';) {
 		size_t n = strcspn(p, ":");
 		if (n >= sizeof dir) {
@@ -145,10 +154,15 @@ static void load_paths(struct config *c)
 		} else if (n > 0) {
 			memcpy(dir, p, n);
 			dir[n] = '\0';
-			add_managed_dir(c, dir);
+			if (c->ndirs == CONFIG_MAX_DIRS && dir[0] == '/')
+				extra++;
+			else
+				add_managed_dir(c, dir);
 		}
 		p += n + (p[n] == ':');
 	}
+	if (extra > 0)
+		too_many_dirs(c, extra);
 }
 
 static void load_runtime_dir(struct config *c)
