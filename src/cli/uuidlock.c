@@ -339,7 +339,8 @@ static int cmd_break(int argc, char **argv)
 	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : CONFIG_DEFAULT_SUFFIX;
 	int64_t lease_ns = 30 * NS_PER_SEC;
 	if (getenv("UUIDLOCK_LEASE") != NULL && !lease_in_range(getenv("UUIDLOCK_LEASE"), &lease_ns))
-		die("UUIDLOCK_LEASE is not a lease in seconds (more than 0, at most a week): %s", getenv("UUIDLOCK_LEASE"));
+		die("UUIDLOCK_LEASE is not a lease in seconds (more than 0, at most a week): %s",
+		    getenv("UUIDLOCK_LEASE"));
 	bool force = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
