@@ -365,14 +365,14 @@ test_python_mailbox_lock_across_hosts() {
 # F.lock, every lock() failed and test_lock_conflict hung.
 test_cpython_mailbox_lock_tests() {
   python3 -c 'import test.test_mailbox' 2>/dev/null ||
-    fail "CPython's test suite is missing (Debian: apt-get install libpython3.11-testsuite)"
+    { fail "CPython's test suite is missing (Debian: apt-get install libpython3.11-testsuite)"; return; }
   local out
-  out=$(cd "$C1" && TMPDIR=$C1 timeout 120 env LD_PRELOAD="$SHIM_PRELOAD" \
-    python3 -m test -v test_mailbox -m '*lock*' 2>&1)
+  out=$(cd "$C1" && TMPDIR=$C1 UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log \
+    timeout 120 env LD_PRELOAD="$SHIM_PRELOAD" python3 -m test -v test_mailbox -m '*lock*' 2>&1)
   assertEquals "python3 -m test test_mailbox: $out" 0 $?
   assertContains "$out" "Result: SUCCESS"
   assertEquals "mbox and MMDF lock conflicts tested" 2 "$(grep -c '^test_lock_conflict .* ok$' <<<"$out")"
-  assertContains "it ran on the share" "$out" "$C1/test_python_"
+  assertContains "it ran on the share, under the shim" "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/test_python_"
   wait_no_sidecars
 }
 
