@@ -30,7 +30,8 @@ INTERPOSED := flock fcntl fcntl64 __fcntl lockf lockf64 close fclose dup dup2 du
 
 # Debian packages that building, testing and the demo need.
 DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-linux \
-	sqlite3 python3 perl procps clang libclang-rt-14-dev openssh-server openssh-client sshfs
+	sqlite3 python3 perl procps clang libclang-rt-14-dev openssh-server openssh-client sshfs \
+	libpython3.11-testsuite
 
 .PHONY: all asan fuzz check demo clean deps install uninstall
 all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64 \

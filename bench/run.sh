@@ -298,7 +298,7 @@ for n in $SCALE_N; do
   UUIDLOCK_RUNTIME_DIR=$SCALEDIR LD_PRELOAD=$SHIM "$MB" mem "$C1/scale$n" "$n" >/dev/null || fail "scale $n"
   add "scale.ms.$n" "$(calc %.2f "($(now) - $t) / 1000 / $n")"
   add "scale.cpu.$n" "$(calc %.2f "($(ticks "$SCALEDIR") - $c) * 10 / $n")"
-  while compgen -G "$RIG/srv/scale$n/*.lock" >/dev/null; do sleep 0.05; done # all released
+  while compgen -G "$RIG/srv/scale$n/*$SFX" >/dev/null; do sleep 0.05; done # all released
 done
 # Resident memory. UUIDLOCK_RETRY_INTERVAL=1 here: the keeper parses /proc/locks
 # once per interval while it holds anything, which with 1000 locks held would

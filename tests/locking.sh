@@ -24,7 +24,7 @@ probe() { shimmed flock -n -E 75 "$1" true; echo $?; }
 wait_no_sidecars() {
   local i
   for i in $(seq 500); do
-    [ -z "$(find "$RIG/srv" -name '*.lock')" ] && return 0
+    [ -z "$(find "$RIG/srv" -name "*$SFX")" ] && return 0
     sleep 0.01
   done
   assert_no_sidecars
@@ -67,7 +67,7 @@ between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= 
 # check_turn LOCK UNLOCK : fairness between hosts.  Client 1's process A
 # holds; its process B queues behind A on the kernel lock; W on client 2, on
 # another host (own keeper, own pid namespace),
-# waits and asks for a turn (f.lock.want appears).  When A unlocks, client 1
+# waits and asks for a turn (f$SFX.want appears).  When A unlocks, client 1
 # must give the sidecar up instead of handing it to B: W gets the lock
 # first, B after W.  LOCK/UNLOCK are lockdrv steps on descriptor 5, e.g.
 # "ex:5" "un:5" or "setlkw:5:w:0:0" "setlk:5:u:0:0".

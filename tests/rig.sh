@@ -235,7 +235,7 @@ _rig_umount() { # DIR : unmount, retrying while busy; lazy as a last resort
 
 # The sidecar suffix the shim uses by default (UUIDLOCK_SUFFIX unset): tests
 # name sidecars as "$RIG/srv/f$SFX", guards "f$SFX.break", requests "f$SFX.want".
-SFX=.lock
+SFX=.uuidlock
 
 # rig_setup: new share + two clients + private keeper runtime dir.
 rig_setup() {
@@ -368,9 +368,9 @@ wait_for_file() {
   done
 }
 
-# assert_no_sidecars : shunit2 failure if any *.lock file is left on the share.
+# assert_no_sidecars : shunit2 failure if any *$SFX file is left on the share.
 assert_no_sidecars() {
   local left
-  left=$(cd "$RIG/srv" && find . -name '*.lock' | sort | tr '\n' ' ')
+  left=$(cd "$RIG/srv" && find . -name "*$SFX" | sort | tr '\n' ' ')
   [ -z "$left" ] || fail "sidecar lock files left on the share: $left"
 }

@@ -33,6 +33,77 @@ test_run_reports_a_missing_directory_before_running() {
   assertContains "$(cat "$RIG/err")" "UUIDLOCK_LEASE"
 }
 
+# Every number of seconds has an upper bound (a day; a week for the lease and
+# UUIDLOCK_FOREIGN_STALE), so that no deadline "now + value" can overflow:
+# UUIDLOCK_VERIFY_DELAY=9223372036 was accepted and wrapped to a negative one.
+check_timing_bound() {
+  local var=$1 max=$2 value
+  for value in $((max + 1)) 9223372036; do
+    env "$var=$value" "$UUIDLOCK" run -p "$C1" -- touch "$RIG/ran" 2>"$RIG/err"
+    assertEquals "$var=$value is refused" 2 $?
+    assertEquals "$var=$value: one line" \
+      "uuidlock: $var=\"$value\" is invalid: must be at most $max seconds; locks on managed files will fail" \
+      "$(cat "$RIG/err")"
+  done
+  assertFalse "nothing ran" "[ -e '$RIG/ran' ]"
+  env "$var=$max" "$UUIDLOCK" run -p "$C1" -- true 2>"$RIG/err"
+  assertEquals "$var=$max is allowed: $(cat "$RIG/err")" 0 $?
+}
+
+test_run_refuses_timings_beyond_their_bounds() {
+  check_timing_bound UUIDLOCK_VERIFY_DELAY 86400
+  check_timing_bound UUIDLOCK_RETRY_INTERVAL 86400
+  check_timing_bound UUIDLOCK_TIMEOUT 86400
+  check_timing_bound UUIDLOCK_LEASE 604800
+  check_timing_bound UUIDLOCK_FOREIGN_STALE 604800
+  UUIDLOCK_TIMEOUT=-9223372036 "$UUIDLOCK" run -p "$C1" -- true
+  assertEquals "any negative timeout is forever" 0 $?
+  "$UUIDLOCK" break --lease 604801 "$C1/f" 2>"$RIG/err"
+  assertEquals "break --lease beyond a week" 2 $?
+  assertContains "$(cat "$RIG/err")" "at most a week"
+}
+
+# A sidecar of another host that claims a longer lease than any keeper allows
+# is watched for a week, not a wrapped deadline: with lease=9223372036 the
+# watch ended at once and `uuidlock break` broke a live holder.
+test_break_bounds_a_sidecars_lease() {
+  printf 'other-3f1c9a52\nuuidlock=1\nhost=x\nhost_id=other-boot/1\nkeeper_pid=1\nkeeper_start=1\npid=1\nacquired=0\nlease=9223372036.000\nheartbeat=%017d\n' \
+    0 >"$RIG/srv/f$SFX"
+  local before; before=$(md5sum <"$RIG/srv/f$SFX")
+  "$UUIDLOCK" break "$C1/f" >"$RIG/out" 2>"$RIG/err" &
+  local breaker=$!
+  local i
+  for i in $(seq 500); do
+    grep -q 'watching' "$RIG/err" && break
+    kill -0 "$breaker" 2>/dev/null || break
+    sleep 0.01
+  done
+  assertContains "watches for a week: $(cat "$RIG/out")" "$(cat "$RIG/err")" "for 604800.0 s"
+  kill "$breaker" 2>/dev/null; wait "$breaker"
+  assertEquals "the sidecar is untouched" "$before" "$(md5sum <"$RIG/srv/f$SFX")"
+  rm "$RIG/srv/f$SFX"
+}
+
+# UUIDLOCK_PATHS takes at most 16 directories.  More is one line at start-up
+# (it was one line per extra directory) and every lock call fails.
+test_more_than_16_directories_are_reported_once() {
+  local i dirs=$C1
+  for i in $(seq 15); do mkdir "$RIG/d$i" && dirs+=":$RIG/d$i"; done
+  assertContains "16 work" "$(UUIDLOCK_PATHS=$dirs LD_PRELOAD=$SHIM_PRELOAD "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 2>&1)" \
+    "ex:5 ok"
+  for i in $(seq 16 20); do mkdir "$RIG/d$i" && dirs+=":$RIG/d$i"; done
+  local out
+  out=$(UUIDLOCK_PATHS=$dirs LD_PRELOAD=$SHIM_PRELOAD "$LOCKDRV" open:5:"$C1/f" ex:5 open:6:"$RIG/d1/g" ex:6 2>"$RIG/err")
+  assertContains "a managed file" "$out" "ex:5 err ENOLCK"
+  assertContains "any file" "$out" "ex:6 err ENOLCK"
+  assertEquals "one line" \
+    "uuidlock: UUIDLOCK_PATHS: 21 directories, more than the 16 supported; all lock calls will fail" "$(cat "$RIG/err")"
+  "$UUIDLOCK" run -p "$dirs" -- touch "$RIG/ran" 2>"$RIG/err"
+  assertEquals "uuidlock run refuses" 2 $?
+  assertEquals "uuidlock run: one line" 1 "$(wc -l <"$RIG/err")"
+  assertFalse "nothing ran" "[ -e '$RIG/ran' ]"
+}
+
 test_run_stacks_with_an_existing_preload_and_never_searches_cwd() {
   local other
   other=$(ldconfig -p | awk '/libuuid\.so\.1 .*x86-64/ { print $NF; exit }')
@@ -72,8 +143,8 @@ print(d[0]["state"], d[0]["holder"], d[1]["state"])' "$RIG/json")"
 
   kill_keeper_and_holder
   assertContains "a dead keeper's sidecar" "$("$UUIDLOCK" status "$C1/f")" "holder dead"
-  rm "$RIG/srv/f.lock"
-  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  rm "$RIG/srv/f$SFX"
+  printf 'someone-3f1c9a52' >"$RIG/srv/f$SFX"
   assertContains "$("$UUIDLOCK" status "$C1/f")" "foreign format"
 }
 
@@ -83,19 +154,19 @@ test_break_refuses_live_clears_dead_and_forces_foreign() {
   "$UUIDLOCK" break "$C1/f" 2>"$RIG/err"
   assertEquals "refuses a live holder" 1 $?
   assertContains "$(cat "$RIG/err")" "is alive on this host"
-  assertTrue "still there" "[ -e '$RIG/srv/f.lock' ]"
+  assertTrue "still there" "[ -e '$RIG/srv/f$SFX' ]"
 
   kill_keeper_and_holder
-  assertContains "$("$UUIDLOCK" break "$C1/f")" "broke $C1/f.lock (its keeper on this host is gone)"
-  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+  assertContains "$("$UUIDLOCK" break "$C1/f")" "broke $C1/f$SFX (its keeper on this host is gone)"
+  assertFalse "gone" "[ -e '$RIG/srv/f$SFX' ]"
 
-  printf 'someone-3f1c9a52' >"$RIG/srv/f.lock"
+  printf 'someone-3f1c9a52' >"$RIG/srv/f$SFX"
   "$UUIDLOCK" break "$C1/f" 2>/dev/null
   assertEquals "refuses a foreign one" 1 $?
   "$UUIDLOCK" break --force "$C1/f" 2>"$RIG/err" >/dev/null
   assertEquals "forced" 0 $?
   assertContains "$(cat "$RIG/err")" "warning"
-  assertFalse "gone" "[ -e '$RIG/srv/f.lock' ]"
+  assertFalse "gone" "[ -e '$RIG/srv/f$SFX' ]"
 }
 
 # auto: files on FUSE are managed, files on a local filesystem are not.
@@ -105,8 +176,8 @@ test_auto_manages_network_and_fuse_filesystems_only() {
     touch:"$RIG/held" wait:"$RIG/go" >/dev/null &
   local holder=$!
   held
-  assertTrue "a sidecar for the FUSE file" "[ -e '$RIG/srv/f.lock' ]"
-  assertFalse "none for the local file" "[ -e '$RIG/local/f.lock' ]"
+  assertTrue "a sidecar for the FUSE file" "[ -e '$RIG/srv/f$SFX' ]"
+  assertFalse "none for the local file" "[ -e '$RIG/local/f$SFX' ]"
   UUIDLOCK_PATHS=auto shimmed flock -n "$C2/f" true
   assertEquals "auto excludes across clients" 1 $?
   touch "$RIG/go"; wait $holder
@@ -114,7 +185,7 @@ test_auto_manages_network_and_fuse_filesystems_only() {
 
 test_log_lines_and_log_file() {
   UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 >/dev/null 2>"$RIG/err"
-  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f.lock"
+  assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/f$SFX"
   assertContains "$(cat "$RIG/uuidlock.log")" "uuidlock: unlocked descriptor 5"
   assertEquals "nothing on stderr" "" "$(cat "$RIG/err")"
 }
@@ -123,7 +194,7 @@ test_long_wait_says_who_holds_the_lock() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   held
   shimmed flock -w 6 "$C2/f" true 2>"$RIG/err"
-  assertContains "$(cat "$RIG/err")" "uuidlock: waiting 5 s so far for $C2/f.lock, held by:"
+  assertContains "$(cat "$RIG/err")" "uuidlock: waiting 5 s so far for $C2/f$SFX, held by:"
   assertContains "$(cat "$RIG/err")" "pid=$HOLDER"
   touch "$RIG/go"; wait "$HOLDER"
 }

@@ -72,7 +72,7 @@ test_dead_keeper_on_the_same_host_is_broken_at_once() {
   held
   local old; old=$(keeper_pid)
   kill_keeper_and_holder
-  assertTrue "the dead keeper's sidecar is left behind" "[ -e '$RIG/srv/f.lock' ]"
+  assertTrue "the dead keeper's sidecar is left behind" "[ -e '$RIG/srv/f$SFX' ]"
   local t0=$EPOCHREALTIME
   assertEquals "a new keeper breaks it" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"
   local took; took=$(elapsed_since "$t0")
@@ -94,16 +94,16 @@ test_other_host_breaks_after_the_lease() {
 test_live_holder_is_never_broken() {
   UUIDLOCK_LEASE=1 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   held
-  local token; token=$(head -n 1 "$RIG/srv/f.lock")
+  local token; token=$(head -n 1 "$RIG/srv/f$SFX")
   UUIDLOCK_LEASE=1 other_host flock -w 3.5 -E 75 "$C2/f" true
   assertEquals "three leases later the other host still waits" 75 $?
-  assertEquals "the holder's sidecar is intact" "$token" "$(head -n 1 "$RIG/srv/f.lock")"
+  assertEquals "the holder's sidecar is intact" "$token" "$(head -n 1 "$RIG/srv/f$SFX")"
   touch "$RIG/go"; wait "$HOLDER"
   assertNotContains "$(cat "$RIG/hold.err")" "lost"
 }
 
 test_foreign_sidecar_breaks_only_when_opted_in() {
-  printf 'someone-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f.lock"
+  printf 'someone-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f$SFX"
   UUIDLOCK_LEASE=0.5 shimmed flock -w 2 -E 75 "$C1/f" true
   assertEquals "never broken by the lease" 75 $?
   local t0=$EPOCHREALTIME
@@ -118,12 +118,12 @@ test_foreign_sidecar_breaks_only_when_opted_in() {
 test_lost_lock_is_reported_and_the_new_sidecar_kept() {
   UUIDLOCK_LEASE=0.3 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go" un:5
   held
-  printf 'new-holder\n' >"$RIG/srv/f.lock.tmp" && mv "$RIG/srv/f.lock.tmp" "$RIG/srv/f.lock"
+  printf 'new-holder\n' >"$RIG/srv/f$SFX.tmp" && mv "$RIG/srv/f$SFX.tmp" "$RIG/srv/f$SFX"
   local i
   for i in $(seq 300); do grep -q "was lost" "$RIG/hold.err" && break; sleep 0.01; done
-  assertContains "$(cat "$RIG/hold.err")" "uuidlock: lock on $C1/f.lock was lost"
+  assertContains "$(cat "$RIG/hold.err")" "uuidlock: lock on $C1/f$SFX was lost"
   touch "$RIG/go"; wait "$HOLDER"
-  assertEquals "the new holder's sidecar is untouched" "new-holder" "$(cat "$RIG/srv/f.lock")"
+  assertEquals "the new holder's sidecar is untouched" "new-holder" "$(cat "$RIG/srv/f$SFX")"
 }
 
 # Many trials of several keepers breaking one stale sidecar at once: never
@@ -135,7 +135,7 @@ test_racing_breakers_never_admit_two_holders() {
     wait_no_sidecars # the last trial's holder releases a retry interval after it exits
     sh -c 'exit 0' & dead=$!; wait $dead
     printf 'stale-%s\nuuidlock=1\nhost=x\nhost_id=%s\nkeeper_pid=%s\nkeeper_start=1\npid=%s\nacquired=0\nlease=30.000\nheartbeat=%017d\n' \
-      "$trial" "$host_id" "$dead" "$dead" 0 >"$RIG/srv/f.lock"
+      "$trial" "$host_id" "$dead" "$dead" 0 >"$RIG/srv/f$SFX"
     pids=()
     for w in 1 2 3 4; do
       local client=$C1; [ $((w % 2)) = 0 ] && client=$C2

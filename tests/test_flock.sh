@@ -107,7 +107,7 @@ test_a_holder_can_convert_while_its_client_gives_the_lock_up() {
   local t0=$EPOCHREALTIME
   shimmed "$LOCKDRV" open:5:"$C2/f" ex:5 touch:"$RIG/w_held" un:5 >"$RIG/w.out" 2>&1 &
   local w=$!
-  wait_for_file "$RIG/srv/f.lock.want" || fail "W never asked for a turn"
+  wait_for_file "$RIG/srv/f$SFX.want" || fail "W never asked for a turn"
   until between "$(elapsed_since "$t0")" 0.1 1e9; do sleep 0.01; done
   shimmed "$LOCKDRV" open:5:"$C1/f" touch:"$RIG/b_asks" sh:5 touch:"$RIG/b_held" un:5 >"$RIG/b.out" 2>&1 &
   local b=$!
@@ -139,7 +139,7 @@ test_timeout_gives_enolck_and_says_why() {
   local out
   out=$(UUIDLOCK_TIMEOUT=0.5 shimmed "$LOCKDRV" open:5:"$C2/f" ex:5 2>"$RIG/err")
   assertContains "$out" "ex:5 err ENOLCK"
-  assertContains "$(cat "$RIG/err")" "uuidlock: timed out waiting for $C2/f.lock"
+  assertContains "$(cat "$RIG/err")" "uuidlock: timed out waiting for $C2/f$SFX"
   touch "$RIG/go"; wait "$HOLDER"
 }
 
@@ -155,24 +155,24 @@ test_unmanaged_files_use_the_kernel_lock_only() {
 
 test_foreign_sidecar_is_respected() {
   # uuid-filelock's format: prefix + uuid, no newline.
-  printf 'other-host-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f.lock"
+  printf 'other-host-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f$SFX"
   local before
-  before=$(md5sum <"$RIG/srv/f.lock")
+  before=$(md5sum <"$RIG/srv/f$SFX")
   assertEquals "held by the foreign sidecar" 75 "$(probe "$C1/f")"
   shimmed flock -w 0.3 -E 75 "$C2/f" true
   assertEquals "a blocking wait waits" 75 $?
-  assertEquals "the foreign sidecar is untouched" "$before" "$(md5sum <"$RIG/srv/f.lock")"
-  rm "$RIG/srv/f.lock"
+  assertEquals "the foreign sidecar is untouched" "$before" "$(md5sum <"$RIG/srv/f$SFX")"
+  rm "$RIG/srv/f$SFX"
   assertEquals "free once it is gone" 0 "$(probe "$C1/f")"
 }
 
 test_garbage_and_huge_sidecars_are_held_by_someone_else() {
-  head -c 3000000 /dev/urandom >"$RIG/srv/f.lock"
+  head -c 3000000 /dev/urandom >"$RIG/srv/f$SFX"
   local before
-  before=$(md5sum <"$RIG/srv/f.lock")
+  before=$(md5sum <"$RIG/srv/f$SFX")
   assertEquals "a huge garbage sidecar holds" 75 "$(probe "$C1/f")"
-  assertEquals "untouched" "$before" "$(md5sum <"$RIG/srv/f.lock")"
-  : >"$RIG/srv/f.lock"
+  assertEquals "untouched" "$before" "$(md5sum <"$RIG/srv/f$SFX")"
+  : >"$RIG/srv/f$SFX"
   assertEquals "an empty sidecar holds" 75 "$(probe "$C1/f")"
 }
 
@@ -180,11 +180,11 @@ test_sidecar_names_its_holder() {
   hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   wait_for_file "$RIG/held" || fail "holder never locked"
   local first
-  first=$(head -n 1 "$RIG/srv/f.lock")
+  first=$(head -n 1 "$RIG/srv/f$SFX")
   assertTrue "first line is a UUID: $first" \
     "[[ '$first' =~ ^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$ ]]"
-  assertContains "$(cat "$RIG/srv/f.lock")" "pid=$HOLDER"
-  assertContains "$(cat "$RIG/srv/f.lock")" "host=$(hostname)"
+  assertContains "$(cat "$RIG/srv/f$SFX")" "pid=$HOLDER"
+  assertContains "$(cat "$RIG/srv/f$SFX")" "host=$(hostname)"
   touch "$RIG/go"; wait "$HOLDER"
 }
 
@@ -210,6 +210,7 @@ check_bad_config() {
 
 test_bad_configuration_is_loud_and_safe() {
   check_bad_config UUIDLOCK_VERIFY_DELAY abc
+  check_bad_config UUIDLOCK_VERIFY_DELAY 9223372036
   check_bad_config UUIDLOCK_RETRY_INTERVAL -1
   check_bad_config UUIDLOCK_TIMEOUT 1,5
   check_bad_config UUIDLOCK_PREFIX $'two\nlines'
@@ -226,7 +227,7 @@ test_share_refusing_the_sidecar_gives_enolck() {
   out=$(shimmed "$LOCKDRV" open:5:"$C1/$long" ex:5 2>"$RIG/err")
   assertContains "$out" "ex:5 err ENOLCK"
   assertContains "$(cat "$RIG/err")" "uuidlock: "
-  assertContains "names the sidecar" "$(cat "$RIG/err")" "cannot create sidecar $C1/$long.lock: "
+  assertContains "names the sidecar" "$(cat "$RIG/err")" "cannot create sidecar $C1/$long$SFX: "
   hold open:5:"$C1/$long" ex:5 touch:"$RIG/held" wait:"$RIG/go"
   wait_for_file "$RIG/held" || fail "holder never ran"
   assertEquals "the kernel lock was given back" 0 "$(flock -n -E 75 "$C1/$long" true; echo $?)"

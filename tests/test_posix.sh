@@ -361,4 +361,61 @@ test_unmanaged_record_locks_pass_through() {
   release_holder
 }
 
+# Python's mailbox locks an mbox F with lockf() *and* a dot-lock F.lock made
+# by link(), like mutt, procmail and dovecot: the sidecar must have another
+# name.  A holder on client 1; another host on client 2 gets the
+# ExternalClashError of a busy lockf, as without the shim; after unlock() it
+# gets in.  While held, the dot-lock and the sidecar are both there.
+MAILBOX_LOCKER='
+import mailbox, os, sys, time
+box = mailbox.mbox(sys.argv[1])
+try:
+    box.lock()
+except mailbox.ExternalClashError as e:
+    sys.exit(print("clash:", e))
+print("locked", flush=True)
+if len(sys.argv) > 2:                      # hold until told
+    open(sys.argv[2], "w").close()
+    while not os.path.exists(sys.argv[3]):
+        time.sleep(0.01)
+box.unlock()
+box.close()
+print("unlocked")
+'
+test_python_mailbox_lock_across_hosts() {
+  : >"$RIG/srv/mbox"
+  shimmed python3 -c "$MAILBOX_LOCKER" "$C1/mbox" "$RIG/held" "$RIG/go" >"$RIG/hold.out" 2>&1 &
+  HOLDER=$!
+  wait_for_file "$RIG/held" || fail "the mailbox was not locked: $(cat "$RIG/hold.out")"
+  assertTrue "the dot-lock" "[ -e '$RIG/srv/mbox.lock' ]"
+  assertTrue "the sidecar beside it" "[ -e '$RIG/srv/mbox$SFX' ]"
+  assertContains "another host, while held" \
+    "$(other_host python3 -c "$MAILBOX_LOCKER" "$C2/mbox" 2>&1)" "clash: lockf: lock unavailable"
+  release_holder
+  assertEquals "the holder" "$(printf 'locked\nunlocked')" "$(cat "$RIG/hold.out")"
+  assertEquals "another host, once free" "$(printf 'locked\nunlocked')" \
+    "$(other_host python3 -c "$MAILBOX_LOCKER" "$C2/mbox" 2>&1)"
+  wait_no_sidecars
+  assertFalse "no dot-lock left" "[ -e '$RIG/srv/mbox.lock' ]"
+}
+
+# CPython's own mailbox lock tests (mbox, MMDF, Babyl, MH: lock, unlock,
+# relock, a forked child's lock conflicting), run on the share under the
+# shim: regrtest works in a directory below TMPDIR.  With the sidecar named
+# F.lock, every lock() failed and test_lock_conflict hung.
+test_cpython_mailbox_lock_tests() {
+  local py out
+  # The python3 on PATH if it has its test suite, else Debian's (make check
+  # installs libpython3.11-testsuite).
+  for py in python3 /usr/bin/python3 ''; do "$py" -c 'import test.test_mailbox' 2>/dev/null && break; done
+  [ -n "$py" ] || { fail "CPython's test suite is missing (Debian: apt-get install libpython3.11-testsuite)"; return; }
+  out=$(cd "$C1" && TMPDIR=$C1 UUIDLOCK_LOG=info UUIDLOCK_LOG_FILE=$RIG/uuidlock.log \
+    timeout 120 env LD_PRELOAD="$SHIM_PRELOAD" "$py" -m test -v test_mailbox -m '*lock*' 2>&1)
+  assertEquals "python3 -m test test_mailbox: $out" 0 $?
+  assertContains "$out" "Result: SUCCESS"
+  assertEquals "mbox and MMDF lock conflicts tested" 2 "$(grep -c '^test_lock_conflict .* ok$' <<<"$out")"
+  assertContains "it ran on the share, under the shim" "$(cat "$RIG/uuidlock.log")" "uuidlock: locked $C1/test_python_"
+  wait_no_sidecars
+}
+
 . shunit2

@@ -40,7 +40,7 @@ static void usage(FILE *to)
 		"      --timeout S          longest wait for another client (negative: forever)\n"
 		"      --lease S            heartbeat lease\n"
 		"      --prefix TEXT        text before the UUID in sidecars\n"
-		"      --suffix TEXT        sidecar name = file name + TEXT (default .lock)\n"
+		"      --suffix TEXT        sidecar name = file name + TEXT (default " CONFIG_DEFAULT_SUFFIX ")\n"
 		"  -v, --verbose            log acquisitions and releases (twice: debug)\n"
 		"status   shows, for each FILE, whether its sidecar exists and who holds it;\n"
 		"         exit status 0 if all are free, 1 if any is held\n"
@@ -254,7 +254,7 @@ static int cmd_status(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : ".lock";
+	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : CONFIG_DEFAULT_SUFFIX;
 	bool json = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "jh", options, NULL)) != -1) {
@@ -351,6 +351,12 @@ static int break_one(const char *file, const char *suffix, bool force, int64_t l
 	return 0;
 }
 
+/* As the shim allows it: "now + lease" must not overflow. */
+static bool lease_in_range(const char *text, int64_t *ns)
+{
+	return parse_seconds(text, ns) && *ns > 0 && *ns <= CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC;
+}
+
 static int cmd_break(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -360,18 +366,19 @@ static int cmd_break(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : ".lock";
+	const char *suffix = getenv("UUIDLOCK_SUFFIX") ? getenv("UUIDLOCK_SUFFIX") : CONFIG_DEFAULT_SUFFIX;
 	int64_t lease_ns = 30 * NS_PER_SEC;
-	if (getenv("UUIDLOCK_LEASE") != NULL && !parse_seconds(getenv("UUIDLOCK_LEASE"), &lease_ns))
-		die("UUIDLOCK_LEASE is not a number of seconds: %s", getenv("UUIDLOCK_LEASE"));
+	if (getenv("UUIDLOCK_LEASE") != NULL && !lease_in_range(getenv("UUIDLOCK_LEASE"), &lease_ns))
+		die("UUIDLOCK_LEASE is not a lease in seconds (more than 0, at most a week): %s",
+		    getenv("UUIDLOCK_LEASE"));
 	bool force = false;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "fh", options, NULL)) != -1) {
 		switch (opt) {
 		case 'f': force = true; break;
 		case 'l':
-			if (!parse_seconds(optarg, &lease_ns) || lease_ns <= 0)
-				die("not a number of seconds: %s", optarg);
+			if (!lease_in_range(optarg, &lease_ns))
+				die("not a lease in seconds (more than 0, at most a week): %s", optarg);
 			break;
 		case 'S': suffix = optarg; break;
 		case 'h': usage(stdout); return 0;

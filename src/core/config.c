@@ -43,18 +43,23 @@ static void bad(struct config *c, const char *var, const char *value, const char
 	c->invalid = true;
 }
 
-static void load_seconds(struct config *c, const char *var, int64_t *out, bool may_be_negative)
+static void load_seconds(struct config *c, const char *var, int64_t *out, bool may_be_negative, int max_s)
 {
 	const char *v = getenv(var);
 	if (v == NULL)
 		return;
 	int64_t ns;
-	if (!parse_seconds(v, &ns))
+	char why[64];
+	if (!parse_seconds(v, &ns)) {
 		bad(c, var, v, "expected a number of seconds such as 0.5");
-	else if (ns < 0 && !may_be_negative)
+	} else if (ns < 0 && !may_be_negative) {
 		bad(c, var, v, "must not be negative");
-	else
+	} else if (ns > max_s * NS_PER_SEC) {
+		snprintf(why, sizeof why, "must be at most %d seconds", max_s);
+		bad(c, var, v, why);
+	} else {
 		*out = ns < 0 ? -1 : ns;
+	}
 }
 
 static void load_text(struct config *c, const char *var, char *out, size_t cap, bool may_be_empty,
@@ -127,12 +132,21 @@ void config_resolve_dirs(struct config *c)
 		resolve_dir(c, &c->dirs[i]);
 }
 
+/* One line for all of them, not one per directory beyond the limit. */
+static void too_many_dirs(struct config *c, unsigned extra)
+{
+	log_error("UUIDLOCK_PATHS: %u directories, more than the %d supported; all lock calls will fail",
+		  CONFIG_MAX_DIRS + extra, CONFIG_MAX_DIRS);
+	c->paths_invalid = c->invalid = true;
+}
+
 static void load_paths(struct config *c)
 {
 	const char *v = getenv("UUIDLOCK_PATHS");
 	if (v == NULL)
 		return;
 	char dir[PATH_MAX];
+	unsigned extra = 0;
 	for (const char *p = v; *p != '\0';) {
 		size_t n = strcspn(p, ":");
 		if (n >= sizeof dir) {
@@ -140,10 +154,15 @@ static void load_paths(struct config *c)
 		} else if (n > 0) {
 			memcpy(dir, p, n);
 			dir[n] = '\0';
-			add_managed_dir(c, dir);
+			if (c->ndirs == CONFIG_MAX_DIRS && dir[0] == '/')
+				extra++;
+			else
+				add_managed_dir(c, dir);
 		}
 		p += n + (p[n] == ':');
 	}
+	if (extra > 0)
+		too_many_dirs(c, extra);
 }
 
 static void load_runtime_dir(struct config *c)
@@ -175,7 +194,7 @@ void config_load(struct config *c)
 	c->lease_ns = 30 * NS_PER_SEC;
 	c->foreign_stale_ns = -1;
 	c->linger_ns = 5 * NS_PER_SEC;
-	strcpy(c->suffix, ".lock");
+	strcpy(c->suffix, CONFIG_DEFAULT_SUFFIX);
 	c->log_level = LOG_WARN;
 	const char *level = getenv("UUIDLOCK_LOG");
 	if (level != NULL) {
@@ -193,12 +212,12 @@ void config_load(struct config *c)
 		load_text(c, "UUIDLOCK_LOG_FILE", c->log_file, sizeof c->log_file, false, "\n");
 		log_set_file(c->log_file);
 	}
-	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false);
-	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false);
-	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true);
-	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false);
-	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false);
-	load_seconds(c, "UUIDLOCK_LINGER", &c->linger_ns, false);
+	load_seconds(c, "UUIDLOCK_VERIFY_DELAY", &c->verify_delay_ns, false, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_RETRY_INTERVAL", &c->retry_interval_ns, false, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_TIMEOUT", &c->timeout_ns, true, CONFIG_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_LEASE", &c->lease_ns, false, CONFIG_LEASE_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_FOREIGN_STALE", &c->foreign_stale_ns, false, CONFIG_LEASE_SECONDS_MAX);
+	load_seconds(c, "UUIDLOCK_LINGER", &c->linger_ns, false, CONFIG_SECONDS_MAX);
 	if (c->lease_ns < NS_PER_SEC / 10)
 		bad(c, "UUIDLOCK_LEASE", getenv("UUIDLOCK_LEASE"), "must be at least 0.1 seconds");
 	if (c->retry_interval_ns == 0)

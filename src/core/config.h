@@ -12,6 +12,15 @@
 #define CONFIG_MAX_DIRS 16
 #define CONFIG_PREFIX_MAX 128
 #define CONFIG_SUFFIX_MAX 32
+/* Not ".lock": that is the mbox dot-lock (Python's mailbox, mutt, procmail,
+ * dovecot take lockf() and a dot-lock F.lock together, and unlink F.lock
+ * unconditionally).  UUIDLOCK_SUFFIX=.lock interoperates with uuid-filelock. */
+#define CONFIG_DEFAULT_SUFFIX ".uuidlock"
+/* Upper bounds of the UUIDLOCK_* numbers of seconds: far beyond any real use,
+ * and small enough that no deadline "now + value" in int64 nanoseconds can
+ * overflow (a bigger value once wrapped to a negative deadline). */
+#define CONFIG_SECONDS_MAX (24 * 3600)           /* a day: delay, interval, timeout */
+#define CONFIG_LEASE_SECONDS_MAX (7 * 24 * 3600) /* a week: lease, foreign staleness */
 #define RUNTIME_DIR_MAX 96 /* "/keeper.sock" must still fit in sun_path[108] */
 
 struct managed_dir {

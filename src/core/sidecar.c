@@ -306,9 +306,10 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 		info->keeper_start = v;
 	if (field_number(head, len, "pid", &v) && v <= INT32_MAX)
 		info->pid = (long)v;
-	int64_t lease;
+	/* No keeper sets a longer lease, and whoever waits adds it to a clock. */
+	int64_t lease, longest = CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC;
 	if (sidecar_field(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
-		info->lease_ns = lease;
+		info->lease_ns = lease < longest ? lease : longest;
 	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
 }
 

@@ -1205,6 +1205,18 @@ static void handle_probe(struct conn *c, const struct keeper_request *req)
 	reply(c, KEEPER_DONE, 0, NULL);
 }
 
+/* The library bounds what it reads from the environment; a request from any
+ * other client is bounded here, so that no "now + value" can overflow. */
+static void bound_timings(struct keeper_request *req)
+{
+	req->verify_delay_ns = MIN(req->verify_delay_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->retry_interval_ns = MIN(req->retry_interval_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->timeout_ns = MIN(req->timeout_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->lease_ns = MIN(req->lease_ns, CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC);
+	req->foreign_stale_ns = MIN(req->foreign_stale_ns, CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC);
+	req->linger_ns = MIN(req->linger_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+}
+
 static void handle_request(struct conn *c, int64_t now)
 {
 	struct keeper_request req;
@@ -1222,6 +1234,7 @@ static void handle_request(struct conn *c, int64_t now)
 			     (long)getpid(), KEEPER_PROTO_VERSION, req.version);
 	req.sidecar[sizeof req.sidecar - 1] = '\0';
 	req.prefix[sizeof req.prefix - 1] = '\0';
+	bound_timings(&req);
 	c->pid = peer_pid(c->fd);
 	if (req.op == KEEPER_ACQUIRE)
 		return handle_acquire(c, &req, now);

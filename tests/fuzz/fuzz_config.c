@@ -2,6 +2,7 @@
  * variables: one value per input line, in the order of `vars` below. */
 #include "../../src/core/config.h"
 #include "../../src/core/log.h"
+#include "../../src/core/timeutil.h"
 
 #include <fcntl.h>
 #include <stdint.h>
@@ -14,6 +15,14 @@ static const char *const vars[] = {
 	"UUIDLOCK_FOREIGN_STALE", "UUIDLOCK_PREFIX", "UUIDLOCK_SUFFIX", "UUIDLOCK_LOG",
 	"UUIDLOCK_RUNTIME_DIR", "UUIDLOCK_PATHS",
 };
+
+/* Every accepted number of seconds is bounded: no "now + value" overflows. */
+static bool timings_bounded(const struct config *c)
+{
+	const int64_t day = CONFIG_SECONDS_MAX * NS_PER_SEC, week = CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC;
+	return c->verify_delay_ns <= day && c->retry_interval_ns <= day && c->timeout_ns <= day &&
+	       c->lease_ns <= week && c->foreign_stale_ns <= week;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -42,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&c, 0, sizeof c);
 	config_load(&c);
 	config_resolve_dirs(&c);
-	if (c.ndirs > CONFIG_MAX_DIRS || (!c.invalid && (c.verify_delay_ns < 0 || c.retry_interval_ns <= 0)))
+	if (c.ndirs > CONFIG_MAX_DIRS || (!c.invalid && (c.verify_delay_ns < 0 || c.retry_interval_ns <= 0 || !timings_bounded(&c))))
 		abort();
 	free(text);
 	return 0;
