@@ -106,8 +106,10 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 	 * place without changing the file's size. */
 	int len = snprintf(content, sizeof content,
 			   "%s\nuuidlock=1\nhost=%s\nhost_id=%s\nkeeper_pid=%ld\nkeeper_start=%llu\n"
+			   "keeper_id=%s\nkeeper_dir=%s\n"
 			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nheartbeat=%0*d\n",
-			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->pid,
+			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->keeper_id,
+			   who->keeper_dir, who->pid,
 			   (long long)time(NULL), (long long)(who->lease_ns / NS_PER_SEC),
 			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), HEARTBEAT_DIGITS, 0);
 
@@ -270,12 +272,20 @@ static bool field_number(const char *head, size_t len, const char *key, unsigned
 	return *end == '\0' && errno == 0;
 }
 
+/* One line ending in a newline and nothing after it: our first write step
+ * cut off right after the token (uuid-filelock's token has no newline). */
+static bool only_first_line(const char *head, size_t len)
+{
+	return len > 0 && memchr(head, '\n', len) == head + len - 1;
+}
+
 void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 {
 	*info = (struct sidecar_info){ 0 };
 	char text[32];
 	unsigned long long v;
 	info->ours_format = sidecar_field(head, len, "uuidlock", text, sizeof text) && strcmp(text, "1") == 0;
+	info->half_written = len == 0 || only_first_line(head, len);
 	if (!info->ours_format)
 		return;
 	sidecar_field(head, len, "host_id", info->host_id, sizeof info->host_id);
@@ -283,12 +293,17 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 		info->keeper_pid = (long)v;
 	if (field_number(head, len, "keeper_start", &v))
 		info->keeper_start = v;
+	if (!sidecar_field(head, len, "keeper_id", info->keeper_id, sizeof info->keeper_id))
+		info->keeper_id[0] = '\0';
+	if (!sidecar_field(head, len, "keeper_dir", info->keeper_dir, sizeof info->keeper_dir))
+		info->keeper_dir[0] = '\0';
 	if (field_number(head, len, "pid", &v) && v <= INT32_MAX)
 		info->pid = (long)v;
 	int64_t lease;
 	if (sidecar_field(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
 		info->lease_ns = lease;
 	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
+	info->half_written = !info->has_heartbeat; /* the heartbeat line comes last */
 }
 
 /* Why breaking can't admit two holders.  Holding takes an exclusive create

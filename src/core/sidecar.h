@@ -27,6 +27,8 @@ struct sidecar_holder {
 	char host_id[HOST_ID_MAX];       /* see hostid.h */
 	long keeper_pid;                 /* the process that keeps the sidecar */
 	unsigned long long keeper_start; /* its start time, against pid reuse */
+	char keeper_id[KEEPER_ID_MAX];   /* random per keeper start: see hostid.h */
+	char keeper_dir[RUNTIME_DIR_MAX]; /* its runtime directory, which proves its death */
 	long pid;                        /* the process that asked first */
 	int64_t lease_ns;                /* the keeper refreshes the heartbeat every lease/3 */
 };
@@ -37,10 +39,17 @@ struct sidecar_info {
 	char host_id[HOST_ID_MAX];
 	long keeper_pid;
 	unsigned long long keeper_start;
+	char keeper_id[KEEPER_ID_MAX];    /* empty if absent (older versions) */
+	char keeper_dir[RUNTIME_DIR_MAX]; /* empty if absent */
 	long pid;
 	int64_t lease_ns;
 	bool has_heartbeat;
 	unsigned long long heartbeat;
+	/* Ours, cut off between the exclusive create and the write (a keeper
+	 * killed, a client cut off): empty, only a first line ending in a
+	 * newline, or our lines without the heartbeat.  uuid-filelock writes
+	 * its token without a newline, so that is never taken for this. */
+	bool half_written;
 };
 
 /* Gives the hold a fresh token: prefix + a random UUID from libuuid. */
