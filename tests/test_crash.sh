@@ -165,6 +165,46 @@ test_a_clone_of_this_host_is_judged_by_its_heartbeat() {
   assertTrue "took ${took}s, expected a lease (1 s)" "between $took 0.9 5"
 }
 
+# A breaker stalled after its checks: its operation on the sidecar lands
+# only once another host has broken the same stale sidecar (removing the
+# stalled breaker's guard after a lease) and holds the lock.  It must not
+# take that new holder's sidecar away: never two holders (exclusive mkdir).
+# The stall: tests/late_op.c, preloaded into this host's keeper, started here.
+test_stalled_breaker_never_takes_a_new_holders_sidecar() {
+  printf 'stale\nuuidlock=1\nhost=x\nhost_id=gone/1\nkeeper_pid=1\nkeeper_start=1\npid=1\nacquired=0\nlease=1.000\nheartbeat=%017d\n' 0 \
+    >"$RIG/srv/f$SFX"
+  local shim=${SHIM_PRELOAD##* } preload=$TOP/build/late_op.so
+  case $SHIM_PRELOAD in *" "*) preload="${SHIM_PRELOAD% *} $preload" ;; esac  # the ASan runtime first
+  (LD_PRELOAD=$preload LATE_OP_SUFFIX=$SFX LATE_OP_UNTIL=$RIG/w2_in LATE_OP_MARK=$RIG/late \
+    exec "$(dirname "$shim")/uuidlock-keeper" --runtime-dir "$UUIDLOCK_RUNTIME_DIR" --foreground \
+    >/dev/null 2>>"$UUIDLOCK_RUNTIME_DIR/keeper.log") &
+  wait_for_file "$UUIDLOCK_RUNTIME_DIR/keeper.sock" || fail "the keeper did not start"
+  # shellcheck disable=SC2016 # expanded by the inner sh
+  UUIDLOCK_LEASE=1 shimmed flock -w 20 "$C1/f" sh -c '
+    if mkdir "$1/inside"; then rmdir "$1/inside"; else echo DOUBLE >>"$1/verdict"; fi
+    touch "$1/w1_in"' sh "$RIG" &
+  local w1=$!
+  wait_for_file "$RIG/late.stalled" || fail "this host never tried to break the stale sidecar"
+  # Inside, W2 waits for the late operation, then for its outcome: put back,
+  # or (the bug) W1 let in beside it.
+  # shellcheck disable=SC2016
+  UUIDLOCK_LEASE=1 other_host flock -w 20 "$C2/f" sh -c '
+    mkdir "$1/inside" || echo DOUBLE >>"$1/verdict"
+    touch "$1/w2_in"
+    until [ -e "$1/late" ]; do sleep 0.01; done
+    i=0
+    until grep -q "put it back" "$1/run/keeper.log" || [ -e "$1/w1_in" ] || [ $i -ge 1000 ]; do
+      sleep 0.01; i=$((i + 1))
+    done
+    rmdir "$1/inside"' sh "$RIG"
+  assertEquals "the other host got in" 0 $?
+  wait $w1
+  assertEquals "this host got in after it" 0 $?
+  assertEquals "never two holders" "" "$(cat "$RIG/verdict" 2>/dev/null)"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "moved a live sidecar aside (the move landed late): put it back"
+  assertEquals "nothing left aside" "" "$(cd "$RIG/srv" && ls -a | grep stale)"
+}
+
 # A holder whose sidecar is taken over (or deleted) says so on its stderr,
 # and never deletes the new holder's sidecar.
 test_lost_lock_is_reported_and_the_new_sidecar_kept() {

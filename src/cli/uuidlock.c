@@ -357,7 +357,8 @@ static int break_one(const char *file, const char *suffix, bool force, int64_t l
 		err = sidecar_break(l.sidecar, l.head, (size_t)l.len, &guard, &me, 2 * NS_PER_SEC);
 	if (err != 0) {
 		fprintf(stderr, "uuidlock: did not break %s: %s\n", l.sidecar,
-			err == EAGAIN      ? "it changed meanwhile"
+			err == EAGAIN || err == ECANCELED ? "it changed meanwhile"
+			: err == ENOTRECOVERABLE ? "it changed meanwhile, and could not be put back"
 			: err == EBUSY     ? "someone else is breaking it"
 			: err == ETIMEDOUT ? "the share answered too slowly for a safe break"
 					   : strerror(err));

@@ -307,18 +307,69 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 }
 
 /* Why breaking can't admit two holders.  Holding takes an exclusive create
- * plus a verification after a delay; breaking only deletes.  So the one
- * danger is deleting a sidecar that is not the stale one:
+ * plus a verification after a delay; breaking only takes away.  So the one
+ * danger is taking away a sidecar that is not the stale one:
  *   - another breaker: breakers take the guard F.break first (exclusive
  *     create), and re-read F under it; the second finds either the guard or
  *     a content that is no longer the stale one, and stops;
  *   - the holder coming back: it rewrote the heartbeat, so the re-read under
  *     the guard differs, and we stop;
  *   - a fresh sidecar created in the instant between our re-read and our
- *     unlink: its creator is still in its verification delay when our unlink
+ *     move: its creator is still in its verification delay when our move
  *     lands -- we give up if that instant grew to half our own verification
  *     delay -- so its verification fails and it retries, holding nothing.
- * Only delete, never rename or link: sshfs and SMB support neither safely. */
+ *
+ * A breaker stalled at any point.  The last argument bounds when our move
+ * is *issued*, not when it *lands*: retransmissions, a suspended laptop or
+ * an NFS hard mount can deliver it seconds later, after our guard was
+ * judged stale and removed, another host broke the sidecar and a new holder
+ * verified its own.  A late unlink by name would delete that new holder's
+ * sidecar, and a third host would get in beside it.  So we never unlink F:
+ *   1. rename F to F.stale.<our uuid>, a name nobody else ever uses (rename
+ *      within one directory works on every share; its target doesn't exist);
+ *   2. re-read the moved file.  If it is exactly the content judged stale,
+ *      the file our rename moved -- whenever it landed -- was the stale one
+ *      (a token is unique, and any beat of its holder changes the content):
+ *      delete it by its unique name, which no late delete can get wrong;
+ *   3. otherwise we moved someone's live sidecar: put it back with link(),
+ *      which never replaces a file (rename back would destroy a sidecar
+ *      created meanwhile).  The holder's next heartbeat reopens F by name
+ *      and finds its own token: it never knew.
+ * What remains: if another host creates F in the round trips between our
+ * late move and our link, the moved holder has lost its lock (as with a
+ * hand deleting it); it says so at its next heartbeat, and we log it.  A
+ * late link (step 3) can only recreate a sidecar nobody holds any more:
+ * respected like any other, broken as a copy or after a lease.  Breaker
+ * guards are removed by plain unlink: a late one lets two breakers work at
+ * once, which steps 1-3 make harmless too. */
+
+/* Step 3: put back a live sidecar we moved aside by mistake. */
+static int put_back(const char *path, const char *aside)
+{
+	if (link(aside, path) != 0)
+		return ENOTRECOVERABLE; /* left at aside, for a human to see */
+	unlink(aside);
+	return ECANCELED;
+}
+
+/* Steps 1-3: moves F aside and deletes it only if it was the stale one. */
+static int move_aside_and_check(const char *path, const char *judged, size_t judged_len, const char *token)
+{
+	char aside[PATH_MAX + 64], head[SIDECAR_HEAD_MAX];
+	size_t tlen = strlen(token);
+	snprintf(aside, sizeof aside, "%s.stale.%s", path, tlen > 36 ? token + tlen - 36 : token);
+	if (rename(path, aside) != 0)
+		return errno == ENOENT ? 0 : errno; /* already gone: nothing to break */
+	ssize_t n = sidecar_read_head(aside, head, sizeof head);
+	if (n == -ENOENT)
+		return 0; /* someone deleted what we moved: it is gone either way */
+	if (n >= 0 && (size_t)n == judged_len && memcmp(head, judged, judged_len) == 0) {
+		unlink(aside);
+		return 0;
+	}
+	return put_back(path, aside);
+}
+
 int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
 		  const struct sidecar_holder *who, int64_t verify_delay_ns)
 {
@@ -337,8 +388,8 @@ int sidecar_break(const char *path, const char *judged, size_t judged_len, struc
 		err = EAGAIN;
 	else if (mono_ns() - read_at > verify_delay_ns / 2)
 		err = ETIMEDOUT;
-	else if (unlink(path) != 0 && errno != ENOENT)
-		err = errno;
+	else
+		err = move_aside_and_check(path, judged, judged_len, guard->token);
 	sidecar_release(guard);
 	return err;
 }

@@ -85,11 +85,14 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info);
 
 /* Breaks a sidecar judged stale, if it still has exactly the content judged
  * (judged, judged_len): under the guard sidecar path + ".break", which guard
- * holds.  Returns 0 when broken, EBUSY when another breaker holds the guard,
- * EAGAIN when the sidecar changed (not stale after all), ETIMEDOUT when the
- * re-read took longer than half the verification delay (unsafe), another
- * errno on failure.  See sidecar.c for why this can never let two clients
- * hold the lock. */
+ * holds, by moving it aside to path + ".stale.<uuid>" and deleting it there
+ * only if it was the judged one.  Returns 0 when broken, EBUSY when another
+ * breaker holds the guard, EAGAIN when the sidecar changed (not stale after
+ * all), ETIMEDOUT when the re-read took longer than half the verification
+ * delay (unsafe), ECANCELED when the move (landing late) took a live
+ * sidecar, which was put back, ENOTRECOVERABLE when it could not be put
+ * back (its holder will report the lock lost), another errno on failure.
+ * See sidecar.c for why this can never let two clients hold the lock. */
 int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
 		  const struct sidecar_holder *who, int64_t verify_delay_ns);
 

@@ -356,6 +356,12 @@ static bool break_if_stale(struct entry *e, int64_t now)
 		log_warn("not breaking stale sidecar %s: re-reading it took longer than half of "
 			 "UUIDLOCK_VERIFY_DELAY (%.3f s), which would not be safe; raise it",
 			 e->hold.path, (double)e->verify_ns / NS_PER_SEC);
+	else if (err == ECANCELED)
+		log_warn("breaking %s moved a live sidecar aside (the move landed late): put it back",
+			 e->hold.path);
+	else if (err == ENOTRECOVERABLE)
+		log_error("breaking %s moved a live sidecar aside (the move landed late) and could not "
+			  "put it back: its holder will report the lock lost", e->hold.path);
 	else if (err != EAGAIN)
 		log_error("cannot break stale sidecar %s: %s", e->hold.path, strerror(err));
 	return false;
