@@ -20,15 +20,39 @@
  * garbage, a huge file.  We read at most SIDECAR_HEAD_MAX bytes of it.
  *
  * Crashes.  A sidecar outlives its holder, so it says who holds it (host
- * identity, keeper pid and start time) and carries a heartbeat that the
- * holder's keeper rewrites every lease/3.  A waiter breaks a sidecar
- *   - at once when its holder is on the same host and that keeper is dead;
+ * identity, keeper pid and start time, keeper id and runtime directory) and
+ * carries a heartbeat that the holder's keeper rewrites every lease/3.  A
+ * waiter breaks a sidecar
+ *   - at once when it has proof that nobody holds it (below);
  *   - when it has itself watched the content stay unchanged for a lease, on
- *     its own monotonic clock (never comparing clocks across hosts);
+ *     its own monotonic clock (never comparing clocks across hosts) -- this
+ *     includes a half-written sidecar of ours (empty, or cut off before its
+ *     heartbeat line: a keeper killed between the create and the write),
+ *     which no heartbeat will ever move;
  *   - if foreign (no heartbeat), only after UUIDLOCK_FOREIGN_STALE, if set.
- * Breaking only deletes; holding still takes the create and the verify.
+ * Breaking only takes away; holding still takes the create and the verify.
  * A holder that finds someone else's token at its heartbeat lost the lock
  * and says so; it never deletes what isn't its own.
+ *
+ * Who may break at once.  Only a verdict that can't be wrong, never a pid
+ * lookup: machines cloned from one snapshot share the boot id and the
+ * initial pid namespace (so the host_id), and a pid dead here may be a live
+ * keeper there.  Each keeper start draws a random keeper_id and, holding
+ * its runtime directory's keeper.lock, appends it to that directory's
+ * record "keepers" before any sidecar names it.  A sidecar of this host_id
+ * is then broken at once
+ *   - when its keeper_dir's record proves its keeper dead: a later keeper is
+ *     recorded (it could only take keeper.lock after ours exited), or it is
+ *     the last one and keeper.lock is free.  A clone's keeper is not in our
+ *     record (its id was drawn there): no proof, so its heartbeat decides;
+ *   - when it names this very keeper, whose entries hold no sidecar with its
+ *     token: a copy (cp app.db* backup/, rsync), which nothing would ever
+ *     release.  The same sidecar seen through another mount of the share
+ *     has the token of an entry we hold, and is respected; so is a copy of a
+ *     sidecar we still hold, until we release the original.
+ * A keeper that was itself cloned while running (a memory snapshot restored
+ * twice) is one id in two places: nothing on either machine tells them
+ * apart, and that stays a limit.
  *
  * Fairness.  A host holds the sidecar while any of its processes holds a
  * lock, and its processes hand the kernel lock to each other directly: under
@@ -315,9 +339,10 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
  *   - the holder coming back: it rewrote the heartbeat, so the re-read under
  *     the guard differs, and we stop;
  *   - a fresh sidecar created in the instant between our re-read and our
- *     move: its creator is still in its verification delay when our move
- *     lands -- we give up if that instant grew to half our own verification
- *     delay -- so its verification fails and it retries, holding nothing.
+ *     move: we give up if that instant grew to half our own verification
+ *     delay, and if the move still took it, step 3 below puts it back
+ *     (its creator then verifies it, or found it gone and retries: the
+ *     sidecar put back is nobody's, and is broken as a copy or by lease).
  *
  * A breaker stalled at any point.  The last argument bounds when our move
  * is *issued*, not when it *lands*: retransmissions, a suspended laptop or
