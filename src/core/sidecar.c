@@ -130,12 +130,12 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 	 * place without changing the file's size. */
 	int len = snprintf(content, sizeof content,
 			   "%s\nuuidlock=1\nhost=%s\nhost_id=%s\nkeeper_pid=%ld\nkeeper_start=%llu\n"
-			   "keeper_id=%s\nkeeper_dir=%s\n"
-			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nheartbeat=%0*d\n",
-			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->keeper_id,
-			   who->keeper_dir, who->pid,
+			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nkeeper_id=%s\nkeeper_dir=%s\n"
+			   "heartbeat=%0*d\n",
+			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->pid,
 			   (long long)time(NULL), (long long)(who->lease_ns / NS_PER_SEC),
-			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), HEARTBEAT_DIGITS, 0);
+			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), who->keeper_id, who->keeper_dir,
+			   HEARTBEAT_DIGITS, 0);
 
 	int err = write_all(fd, content, (size_t)len); /* synchronous: O_DSYNC */
 	if (sys_close(fd) != 0 && err == 0)
