@@ -358,8 +358,9 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
  *      delete it by its unique name, which no late delete can get wrong;
  *   3. otherwise we moved someone's live sidecar: put it back with link(),
  *      which never replaces a file (rename back would destroy a sidecar
- *      created meanwhile).  The holder's next heartbeat reopens F by name
- *      and finds its own token: it never knew.
+ *      created meanwhile; only where link() is not supported do we rename
+ *      back, and only if F is still free).  The holder's next heartbeat
+ *      reopens F by name and finds its own token: it never knew.
  * What remains: if another host creates F in the round trips between our
  * late move and our link, the moved holder has lost its lock (as with a
  * hand deleting it); it says so at its next heartbeat, and we log it.  A
@@ -368,12 +369,17 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
  * guards are removed by plain unlink: a late one lets two breakers work at
  * once, which steps 1-3 make harmless too. */
 
-/* Step 3: put back a live sidecar we moved aside by mistake. */
+/* Step 3: put back a live sidecar we moved aside by mistake.  A share
+ * without hard links gets it renamed back if the name is still free: a
+ * sidecar created in the instant between our look and our rename is still
+ * in its verification delay, which then fails. */
 static int put_back(const char *path, const char *aside)
 {
-	if (link(aside, path) != 0)
+	struct stat st;
+	if (link(aside, path) == 0)
+		unlink(aside);
+	else if (errno == EEXIST || lstat(path, &st) == 0 || errno != ENOENT || rename(aside, path) != 0)
 		return ENOTRECOVERABLE; /* left at aside, for a human to see */
-	unlink(aside);
 	return ECANCELED;
 }
 

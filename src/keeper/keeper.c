@@ -1230,9 +1230,10 @@ int main(int argc, char **argv)
 
 	bool serving = become_the_keeper(dir);
 	/* Before any sidecar names us: the record is what proves our death. */
-	if (serving && (errno = keeper_register(dir, me.keeper_id)) != 0)
+	int err = serving ? keeper_register(dir, me.keeper_id) : 0;
+	if (err != 0)
 		log_error("keeper: cannot record this keeper in %s/%s: %s (its sidecars will only "
-			  "be broken by the lease if it dies)", dir, KEEPER_REGISTRY_NAME, strerror(errno));
+			  "be broken by the lease if it dies)", dir, KEEPER_REGISTRY_NAME, strerror(err));
 	if (!foreground) {
 		/* Tell the shim that started us that it may connect now. */
 		ssize_t w = write(READY_FD, "1", 1);
