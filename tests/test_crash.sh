@@ -74,6 +74,7 @@ test_half_written_sidecar_is_broken_after_a_lease() {
   local content t0 took
   for content in '' 'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\n' \
     'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\nuuidlock=1\nhost=x\nhost_id=y/1\n'; do
+    wait_no_sidecars # the last flock(1) exited holding: released a retry interval later
     printf "$content" >"$RIG/srv/f$SFX"
     t0=$EPOCHREALTIME
     UUIDLOCK_LEASE=1 shimmed flock -w 10 -E 75 "$C1/f" true
