@@ -108,6 +108,7 @@ test_break_reports_once() {
 
 test_break_clears_a_half_written_sidecar() {
   printf 'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\n' >"$RIG/srv/f$SFX"
+  assertContains "$("$UUIDLOCK" status "$C1/f")" "held, half-written"
   assertContains "$("$UUIDLOCK" break --lease 0.5 "$C1/f" 2>"$RIG/err")" "half-written"
   assertFalse "gone: $(cat "$RIG/err")" "[ -e '$RIG/srv/f$SFX' ]"
   printf 'someone-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f$SFX"

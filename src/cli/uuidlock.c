@@ -192,7 +192,7 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 		json_string(l->sidecar);
 		printf(",\"state\":\"%s\"", state);
 		if (l->len >= 0) {
-			printf(",\"format\":\"%s\",\"uuid\":", l->info.ours_format ? "uuidlock" : "foreign");
+			printf(",\"format\":\"%s\",\"uuid\":", l->info.half_written ? "half-written" : l->info.ours_format ? "uuidlock" : "foreign");
 			json_string(token);
 			if (l->info.ours_format) {
 				printf(",\"host\":");
@@ -211,6 +211,9 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 		printf("%s: free\n", file);
 	} else if (l->len < 0) {
 		printf("%s: cannot read %s: %s\n", file, l->sidecar, strerror((int)-l->len));
+	} else if (l->info.half_written) {
+		printf("%s: held, half-written (cut off between create and write), content %s; holder unknown\n",
+		       file, token);
 	} else if (!l->info.ours_format) {
 		printf("%s: held, foreign format (not uuidlock), content %s; holder unknown\n", file, token);
 	} else {
