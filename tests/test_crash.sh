@@ -75,7 +75,7 @@ test_half_written_sidecar_is_broken_after_a_lease() {
   for content in '' 'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\n' \
     'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\nuuidlock=1\nhost=x\nhost_id=y/1\n'; do
     wait_no_sidecars # the last flock(1) exited holding: released a retry interval later
-    printf "$content" >"$RIG/srv/f$SFX"
+    printf '%b' "$content" >"$RIG/srv/f$SFX"
     t0=$EPOCHREALTIME
     UUIDLOCK_LEASE=1 shimmed flock -w 10 -E 75 "$C1/f" true
     assertEquals "'$content' is broken" 0 $?
@@ -203,7 +203,7 @@ test_stalled_breaker_never_takes_a_new_holders_sidecar() {
   assertEquals "this host got in after it" 0 $?
   assertEquals "never two holders" "" "$(cat "$RIG/verdict" 2>/dev/null)"
   assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "moved a live sidecar aside (the move landed late): put it back"
-  assertEquals "nothing left aside" "" "$(cd "$RIG/srv" && ls -a | grep stale)"
+  assertEquals "nothing left aside" "$RIG/srv/f$SFX.stale.*" "$(echo "$RIG/srv/f$SFX".stale.*)"
 }
 
 # A holder whose sidecar is taken over (or deleted) says so on its stderr,

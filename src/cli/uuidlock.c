@@ -192,7 +192,9 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 		json_string(l->sidecar);
 		printf(",\"state\":\"%s\"", state);
 		if (l->len >= 0) {
-			printf(",\"format\":\"%s\",\"uuid\":", l->info.half_written ? "half-written" : l->info.ours_format ? "uuidlock" : "foreign");
+			printf(",\"format\":\"%s\",\"uuid\":", l->info.half_written ? "half-written"
+							       : l->info.ours_format  ? "uuidlock"
+										      : "foreign");
 			json_string(token);
 			if (l->info.ours_format) {
 				printf(",\"host\":");
