@@ -35,7 +35,7 @@ DEB_PACKAGES := gcc make libc6-dev uuid-dev gnulib shunit2 bindfs fuse3 util-lin
 
 .PHONY: all asan fuzz check demo clean deps install uninstall
 all: build/libuuidlock_shim.so build/uuidlock-keeper build/uuidlock build/lockdrv build/lockdrv64 \
-	build/early_lock.so build/latency-relay
+	build/early_lock.so build/late_op.so build/latency-relay
 
 # ---- one build per flavour: normal in build/, sanitizers in build/asan/ ----
 define flavour
@@ -98,6 +98,12 @@ build/latency-relay: tests/latency-relay.c | deps-headers
 build/early_lock.so: tests/early_lock.c
 	@mkdir -p build
 	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -fPIC -shared -o $@ $<
+
+# A breaker whose unlink or rename lands late (test_crash.sh), preloaded
+# into a keeper the test starts itself.
+build/late_op.so: tests/late_op.c
+	@mkdir -p build
+	$(CC) $(CPPFLAGS_ALL) $(CFLAGS) -fPIC -shared -o $@ $< -ldl
 
 # The same driver as a program built with 64-bit off_t calls fcntl64/lockf64.
 build/lockdrv64: tests/lockdrv.c | deps-headers

@@ -169,6 +169,38 @@ test_break_refuses_live_clears_dead_and_forces_foreign() {
   assertFalse "gone" "[ -e '$RIG/srv/f$SFX' ]"
 }
 
+# One line per FILE: the break is judged and done once.
+test_break_reports_once() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  kill_keeper_and_holder
+  assertEquals "$C1/f: broke $C1/f$SFX (its keeper on this host is gone)" "$("$UUIDLOCK" break "$C1/f")"
+}
+
+test_break_clears_a_half_written_sidecar() {
+  printf 'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\n' >"$RIG/srv/f$SFX"
+  assertContains "$("$UUIDLOCK" status "$C1/f")" "held, half-written"
+  assertContains "$("$UUIDLOCK" break --lease 0.5 "$C1/f" 2>"$RIG/err")" "half-written"
+  assertFalse "gone: $(cat "$RIG/err")" "[ -e '$RIG/srv/f$SFX' ]"
+  printf 'someone-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77' >"$RIG/srv/f$SFX"
+  "$UUIDLOCK" break --lease 0.5 "$C1/f" 2>/dev/null
+  assertEquals "uuid-filelock's (no newline) is refused" 1 $?
+}
+
+# --force against a live holder on another host: its heartbeat moves while
+# we watch, and the break compares with what was seen last.
+test_break_force_breaks_a_live_holder_on_another_host() {
+  (UUIDLOCK_LEASE=0.6 other_host "$LOCKDRV" open:5:"$C2/f" ex:5 touch:"$RIG/held" wait:"$RIG/go" \
+    >"$RIG/hold.out" 2>"$RIG/hold.err") &
+  HOLDER=$!
+  held
+  local out
+  out=$("$UUIDLOCK" break --force --lease 0.6 "$C1/f" 2>"$RIG/err")
+  assertEquals "forced: $(cat "$RIG/err")" 0 $?
+  assertContains "$out" "broke $C1/f$SFX (forced)"
+  touch "$RIG/go"; wait "$HOLDER"
+}
+
 # auto: files on FUSE are managed, files on a local filesystem are not.
 test_auto_manages_network_and_fuse_filesystems_only() {
   mkdir "$RIG/local"

@@ -113,6 +113,144 @@ test_foreign_sidecar_breaks_only_when_opted_in() {
   assertTrue "took ${took}s" "between $took 0.9 4"
 }
 
+# Ours, cut off between the exclusive create and the write: no heartbeat
+# will ever move, so it is broken after a lease of standing still.
+test_half_written_sidecar_is_broken_after_a_lease() {
+  local content t0 took
+  for content in '' 'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\n' \
+    'cut-3f1c9a52-8f0e-4d7b-9a51-0c2f6b1e4d77\nuuidlock=1\nhost=x\nhost_id=y/1\n'; do
+    wait_no_sidecars # the last flock(1) exited holding: released a retry interval later
+    printf '%b' "$content" >"$RIG/srv/f$SFX"
+    t0=$EPOCHREALTIME
+    UUIDLOCK_LEASE=1 shimmed flock -w 10 -E 75 "$C1/f" true
+    assertEquals "'$content' is broken" 0 $?
+    took=$(elapsed_since "$t0")
+    assertTrue "'$content': took ${took}s, expected a lease (1 s)" "between $took 0.9 5"
+  done
+}
+
+# The same for a breaker's guard: a half-written F.break would block every
+# later break of a dead host's sidecar.
+test_half_written_guard_is_removed_after_a_lease() {
+  printf 'stale\nuuidlock=1\nhost=x\nhost_id=gone/1\nkeeper_pid=1\nkeeper_start=1\npid=1\nacquired=0\nlease=1.000\nheartbeat=%017d\n' 0 \
+    >"$RIG/srv/f$SFX"
+  printf '' >"$RIG/srv/f$SFX.break"
+  UUIDLOCK_LEASE=1 shimmed flock -w 10 -E 75 "$C1/f" true
+  assertEquals "guard and dead host's sidecar broken" 0 $?
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "removed stale guard"
+}
+
+# cp app.db* backup/ copies the sidecar too; the copy names this host's live
+# keeper, which doesn't hold it: not a lock.  (Measured against a lease of
+# 5 s: the copy's heartbeat stands still, so without this it takes a lease.)
+test_copy_of_a_sidecar_is_broken_at_once() {
+  echo data >"$RIG/srv/f"
+  UUIDLOCK_LEASE=5 hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  cp "$RIG/srv/f" "$RIG/srv/g" && cp "$RIG/srv/f$SFX" "$RIG/srv/g$SFX"
+  release_holder
+  local t0=$EPOCHREALTIME took
+  UUIDLOCK_LEASE=5 shimmed flock -w 10 -E 75 "$C1/g" true
+  assertEquals "the copy gets locked" 0 $?
+  took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, expected well under the lease (5 s)" "between $took 0 2"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "a copy"
+}
+
+test_sqlite_opens_a_backup_copied_while_a_writer_held_it() {
+  mkdir "$RIG/srv/backup"
+  shimmed sqlite3 "$C1/app.db" 'create table t(x); insert into t values(1);' || fail "create"
+  LD_PRELOAD=$SHIM_PRELOAD python3 -c '
+import os, sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("begin immediate")
+c.execute("insert into t values(2)")
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.01)
+c.execute("commit")' "$C1/app.db" "$RIG/held" "$RIG/go" &
+  local writer=$!
+  held
+  assertTrue "the writer's sidecar is there" "[ -e '$RIG/srv/app.db$SFX' ]"
+  (cd "$RIG/srv" && cp app.db* backup/)
+  touch "$RIG/go"; wait $writer
+  local out
+  out=$(shimmed sqlite3 -cmd '.timeout 3000' "$C1/backup/app.db" 'select count(*) from t' 2>&1)
+  assertEquals "the backup opens (its hot journal rolled back)" 1 "$out"
+}
+
+# Machines cloned from one snapshot share the boot id and the initial pid
+# namespace: a sidecar "of this host" whose keeper this host never ran (its
+# id is not in the runtime directory's record) may be live on a clone: it is
+# judged by its heartbeat, never broken at once for a pid that is dead here.
+test_a_clone_of_this_host_is_judged_by_its_heartbeat() {
+  local host_id dead size t0 took
+  host_id="$(cat /proc/sys/kernel/random/boot_id)/$(stat -L -c %i /proc/self/ns/pid)"
+  sh -c 'exit 0' & dead=$!; wait $dead
+  printf 'clone\nuuidlock=1\nhost=x\nhost_id=%s\nkeeper_pid=%s\nkeeper_start=1\nkeeper_id=%032d\nkeeper_dir=%s\npid=%s\nacquired=0\nlease=1.000\nheartbeat=%017d\n' \
+    "$host_id" "$dead" 7 "$UUIDLOCK_RUNTIME_DIR" "$dead" 0 >"$RIG/srv/f$SFX"
+  size=$(stat -c %s "$RIG/srv/f$SFX")
+  # The clone's keeper beats every lease/3 or so, in place.
+  (
+    n=0
+    while [ ! -e "$RIG/stop" ]; do
+      n=$((n + 1))
+      printf '%017d' $n | dd of="$RIG/srv/f$SFX" bs=1 seek=$((size - 18)) conv=notrunc status=none
+      sleep 0.1
+    done
+    touch "$RIG/stopped"
+  ) &
+  UUIDLOCK_LEASE=1 shimmed flock -w 3 -E 75 "$C1/f" true
+  assertEquals "three leases later the clone's live sidecar still holds" 75 $?
+  assertEquals "intact" clone "$(head -n 1 "$RIG/srv/f$SFX")"
+  touch "$RIG/stop"; wait_for_file "$RIG/stopped"
+  t0=$EPOCHREALTIME
+  UUIDLOCK_LEASE=1 shimmed flock -w 10 -E 75 "$C1/f" true
+  assertEquals "once its heartbeat stops, broken after a lease" 0 $?
+  took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, expected a lease (1 s)" "between $took 0.9 5"
+}
+
+# A breaker stalled after its checks: its operation on the sidecar lands
+# only once another host has broken the same stale sidecar (removing the
+# stalled breaker's guard after a lease) and holds the lock.  It must not
+# take that new holder's sidecar away: never two holders (exclusive mkdir).
+# The stall: tests/late_op.c, preloaded into this host's keeper, started here.
+test_stalled_breaker_never_takes_a_new_holders_sidecar() {
+  printf 'stale\nuuidlock=1\nhost=x\nhost_id=gone/1\nkeeper_pid=1\nkeeper_start=1\npid=1\nacquired=0\nlease=1.000\nheartbeat=%017d\n' 0 \
+    >"$RIG/srv/f$SFX"
+  local shim=${SHIM_PRELOAD##* } preload=$TOP/build/late_op.so
+  case $SHIM_PRELOAD in *" "*) preload="${SHIM_PRELOAD% *} $preload" ;; esac  # the ASan runtime first
+  (LD_PRELOAD=$preload LATE_OP_SUFFIX=$SFX LATE_OP_UNTIL=$RIG/w2_in LATE_OP_MARK=$RIG/late \
+    exec "$(dirname "$shim")/uuidlock-keeper" --runtime-dir "$UUIDLOCK_RUNTIME_DIR" --foreground \
+    >/dev/null 2>>"$UUIDLOCK_RUNTIME_DIR/keeper.log") &
+  wait_for_file "$UUIDLOCK_RUNTIME_DIR/keeper.sock" || fail "the keeper did not start"
+  # shellcheck disable=SC2016 # expanded by the inner sh
+  UUIDLOCK_LEASE=1 shimmed flock -w 20 "$C1/f" sh -c '
+    if mkdir "$1/inside"; then rmdir "$1/inside"; else echo DOUBLE >>"$1/verdict"; fi
+    touch "$1/w1_in"' sh "$RIG" &
+  local w1=$!
+  wait_for_file "$RIG/late.stalled" || fail "this host never tried to break the stale sidecar"
+  # Inside, W2 waits for the late operation, then for its outcome: put back,
+  # or (the bug) W1 let in beside it.
+  # shellcheck disable=SC2016
+  UUIDLOCK_LEASE=1 other_host flock -w 20 "$C2/f" sh -c '
+    mkdir "$1/inside" || echo DOUBLE >>"$1/verdict"
+    touch "$1/w2_in"
+    until [ -e "$1/late" ]; do sleep 0.01; done
+    i=0
+    until grep -q "put it back" "$1/run/keeper.log" || [ -e "$1/w1_in" ] || [ $i -ge 1000 ]; do
+      sleep 0.01; i=$((i + 1))
+    done
+    rmdir "$1/inside"' sh "$RIG"
+  assertEquals "the other host got in" 0 $?
+  wait $w1
+  assertEquals "this host got in after it" 0 $?
+  assertEquals "never two holders" "" "$(cat "$RIG/verdict" 2>/dev/null)"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "moved a live sidecar aside (the move landed late): put it back"
+  assertEquals "nothing left aside" "$RIG/srv/f$SFX.stale.*" "$(echo "$RIG/srv/f$SFX".stale.*)"
+}
+
 # A holder whose sidecar is taken over (or deleted) says so on its stderr,
 # and never deletes the new holder's sidecar.
 test_lost_lock_is_reported_and_the_new_sidecar_kept() {
@@ -131,11 +269,13 @@ test_lost_lock_is_reported_and_the_new_sidecar_kept() {
 test_racing_breakers_never_admit_two_holders() {
   local host_id trial dead w pids
   host_id="$(cat /proc/sys/kernel/random/boot_id)/$(stat -L -c %i /proc/self/ns/pid)"
+  # The dead keeper's runtime directory proves it dead: a later keeper ran there.
+  mkdir -m 0700 "$RIG/run-dead" && printf '%032d\n%032d\n' 1 2 >"$RIG/run-dead/keepers"
   for trial in $(seq 8); do
     wait_no_sidecars # the last trial's holder releases a retry interval after it exits
     sh -c 'exit 0' & dead=$!; wait $dead
-    printf 'stale-%s\nuuidlock=1\nhost=x\nhost_id=%s\nkeeper_pid=%s\nkeeper_start=1\npid=%s\nacquired=0\nlease=30.000\nheartbeat=%017d\n' \
-      "$trial" "$host_id" "$dead" "$dead" 0 >"$RIG/srv/f$SFX"
+    printf 'stale-%s\nuuidlock=1\nhost=x\nhost_id=%s\nkeeper_pid=%s\nkeeper_start=1\nkeeper_id=%032d\nkeeper_dir=%s\npid=%s\nacquired=0\nlease=30.000\nheartbeat=%017d\n' \
+      "$trial" "$host_id" "$dead" 1 "$RIG/run-dead" "$dead" 0 >"$RIG/srv/f$SFX"
     pids=()
     for w in 1 2 3 4; do
       local client=$C1; [ $((w % 2)) = 0 ] && client=$C2

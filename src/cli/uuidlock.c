@@ -170,8 +170,12 @@ static void look_at(const char *file, const char *suffix, struct look *l)
 	sidecar_parse(l->head, (size_t)l->len, &l->info);
 	char here[HOST_ID_MAX];
 	host_identity(here, sizeof here);
+	/* Only the keeper's runtime directory proves it dead (see sidecar.c):
+	 * a pid lookup can't tell this host from a clone of it. */
+	enum keeper_fate fate = KEEPER_UNKNOWN;
 	if (l->info.ours_format && strcmp(l->info.host_id, here) == 0)
-		l->liveness = process_is((pid_t)l->info.keeper_pid, l->info.keeper_start) ? "alive" : "dead";
+		fate = keeper_fate(l->info.keeper_dir, l->info.keeper_id);
+	l->liveness = fate == KEEPER_ALIVE ? "alive" : fate == KEEPER_DEAD ? "dead" : "unknown";
 	if (strcmp(l->liveness, "alive") == 0)
 		ask_keeper(file, l);
 }
@@ -214,7 +218,9 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 		json_string(l->sidecar);
 		printf(",\"state\":\"%s\"", state);
 		if (l->len >= 0) {
-			printf(",\"format\":\"%s\",\"uuid\":", l->info.ours_format ? "uuidlock" : "foreign");
+			printf(",\"format\":\"%s\",\"uuid\":", l->info.half_written ? "half-written"
+							       : l->info.ours_format  ? "uuidlock"
+										      : "foreign");
 			json_string(token);
 			if (l->info.ours_format) {
 				printf(",\"host\":");
@@ -237,6 +243,9 @@ static void print_status(const char *file, const struct look *l, bool json, bool
 		printf("%s: free\n", file);
 	} else if (l->len < 0) {
 		printf("%s: cannot read %s: %s\n", file, l->sidecar, strerror((int)-l->len));
+	} else if (l->info.half_written) {
+		printf("%s: held, half-written (cut off between create and write), content %s; holder unknown\n",
+		       file, token);
 	} else if (!l->info.ours_format) {
 		printf("%s: held, foreign format (not uuidlock), content %s; holder unknown\n", file, token);
 	} else {
@@ -286,8 +295,10 @@ static int cmd_status(int argc, char **argv)
 
 /* ---- break -------------------------------------------------------------- */
 
-/* Watches a sidecar for a lease: true if its content never changed. */
-static bool stands_still(const struct look *l, int64_t lease_ns)
+/* Watches a sidecar for a lease: true if its content never changed.  On a
+ * change, l keeps what was read last: a forced break must compare with the
+ * content it saw, not with what was there before the watch. */
+static bool stands_still(struct look *l, int64_t lease_ns)
 {
 	fprintf(stderr, "uuidlock: watching %s for %.1f s (its heartbeat must stand still)\n", l->sidecar,
 		(double)lease_ns / NS_PER_SEC);
@@ -297,10 +308,43 @@ static bool stands_still(const struct look *l, int64_t lease_ns)
 		nanosleep(&tick, NULL);
 		char now[SIDECAR_HEAD_MAX];
 		ssize_t n = sidecar_read_head(l->sidecar, now, sizeof now);
-		if (n != l->len || memcmp(now, l->head, (size_t)n) != 0)
+		if (n != l->len || memcmp(now, l->head, (size_t)n) != 0) {
+			if (n >= 0)
+				memcpy(l->head, now, (size_t)n + 1);
+			l->len = n;
 			return false;
+		}
 	}
 	return true;
+}
+
+/* Re-reads l's sidecar: true if it still has the first line judged (the
+ * same holder), and then l has its current content. */
+static bool same_holder_now(struct look *l)
+{
+	char now[SIDECAR_HEAD_MAX];
+	ssize_t n = sidecar_read_head(l->sidecar, now, sizeof now);
+	size_t first = strcspn(l->head, "\n");
+	if (n < (ssize_t)first || strcspn(now, "\n") != first || memcmp(now, l->head, first) != 0)
+		return false;
+	memcpy(l->head, now, (size_t)n + 1);
+	l->len = n;
+	return true;
+}
+
+/* Why l's sidecar may be broken, or NULL.  A half-written one (ours, cut
+ * off before its heartbeat) is watched like a holder whose heart stopped. */
+static const char *provably_stale(struct look *l, int64_t lease_ns)
+{
+	if (strcmp(l->liveness, "dead") == 0)
+		return "its keeper on this host is gone";
+	if (strcmp(l->liveness, "unknown") != 0)
+		return NULL;
+	bool watchable = l->info.half_written || (l->info.ours_format && l->info.has_heartbeat);
+	if (!watchable || !stands_still(l, MAX(lease_ns, l->info.lease_ns)))
+		return NULL;
+	return l->info.half_written ? "it is half-written and stood still for a lease"
+				    : "its heartbeat stood still for a lease";
 }
 
 static int break_one(const char *file, const char *suffix, bool force, int64_t lease_ns)
@@ -315,18 +359,21 @@ static int break_one(const char *file, const char *suffix, bool force, int64_t l
 		fprintf(stderr, "uuidlock: cannot read %s: %s\n", l.sidecar, strerror((int)-l.len));
 		return 2;
 	}
-	const char *why = NULL;
-	if (strcmp(l.liveness, "dead") == 0)
-		why = "its keeper on this host is gone";
-	else if (strcmp(l.liveness, "unknown") == 0 && l.info.ours_format && l.info.has_heartbeat &&
-		 stands_still(&l, MAX(lease_ns, l.info.lease_ns)))
-		why = "its heartbeat stood still for a lease";
+	const char *why = provably_stale(&l, lease_ns);
+	if (l.len == -ENOENT) { /* released while we watched */
+		printf("%s: free now, nothing to break\n", file);
+		return 0;
+	}
+	if (l.len < 0) {
+		fprintf(stderr, "uuidlock: cannot read %s: %s\n", l.sidecar, strerror((int)-l.len));
+		return 2;
+	}
 	if (why == NULL && !force) {
 		fprintf(stderr, "uuidlock: refusing to break %s: the holder %s (use --force if you are sure)\n",
 			l.sidecar,
 			strcmp(l.liveness, "alive") == 0 ? "is alive on this host"
-			: l.info.ours_format ? "is alive (its heartbeat moved)"
-					     : "is unknown (foreign format)");
+			: l.info.ours_format || l.info.half_written ? "is alive (its sidecar changed)"
+								    : "is unknown (foreign format)");
 		return 1;
 	}
 	if (why == NULL) {
@@ -339,9 +386,14 @@ static int break_one(const char *file, const char *suffix, bool force, int64_t l
 				     .pid = getpid(), .lease_ns = lease_ns };
 	host_identity(me.host_id, sizeof me.host_id);
 	int err = sidecar_break(l.sidecar, l.head, (size_t)l.len, &guard, &me, 2 * NS_PER_SEC);
+	/* Forced: a live holder's heartbeat may move between our read and the
+	 * break's; break it still, but never a new holder (another token). */
+	for (int again = 0; force && err == EAGAIN && again < 3 && same_holder_now(&l); again++)
+		err = sidecar_break(l.sidecar, l.head, (size_t)l.len, &guard, &me, 2 * NS_PER_SEC);
 	if (err != 0) {
 		fprintf(stderr, "uuidlock: did not break %s: %s\n", l.sidecar,
-			err == EAGAIN      ? "it changed meanwhile"
+			err == EAGAIN || err == ECANCELED ? "it changed meanwhile"
+			: err == ENOTRECOVERABLE ? "it changed meanwhile, and could not be put back"
 			: err == EBUSY     ? "someone else is breaking it"
 			: err == ETIMEDOUT ? "the share answered too slowly for a safe break"
 					   : strerror(err));
@@ -388,8 +440,10 @@ static int cmd_break(int argc, char **argv)
 	if (optind >= argc)
 		die("break needs at least one FILE%s", "");
 	int status = 0;
-	for (int i = optind; i < argc; i++)
-		status = MAX(status, break_one(argv[i], suffix, force, lease_ns));
+	for (int i = optind; i < argc; i++) {
+		int one = break_one(argv[i], suffix, force, lease_ns); /* once: MAX is a macro */
+		status = MAX(status, one);
+	}
 	return status;
 }
 

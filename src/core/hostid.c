@@ -1,11 +1,19 @@
 #include "hostid.h"
 
 #include "sidecar.h" /* sidecar_read_head */
+#include "sys.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 void host_identity(char *out, size_t cap)
 {
@@ -46,4 +54,100 @@ unsigned long long process_start_time(pid_t pid)
 bool process_is(pid_t pid, unsigned long long start)
 {
 	return pid > 0 && process_start_time(pid) == start && start != 0;
+}
+
+void keeper_id_new(char out[KEEPER_ID_MAX])
+{
+	unsigned char raw[16];
+	size_t got = 0;
+	while (got < sizeof raw) {
+		ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+		if (n > 0)
+			got += (size_t)n;
+		else if (errno != EINTR)
+			break;
+	}
+	if (got < sizeof raw) { /* no getrandom: still different per start and host */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		snprintf((char *)raw, sizeof raw, "%lx%lx", (long)ts.tv_nsec ^ (long)getpid(), (long)ts.tv_sec);
+	}
+	for (size_t i = 0; i < sizeof raw; i++)
+		snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+static void registry_path(const char *dir, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s/%s", dir, KEEPER_REGISTRY_NAME);
+}
+
+/* Only the keeper holding keeper.lock writes the record, so there is one
+ * writer; readers see the old record or the new one (rename). */
+int keeper_register(const char *dir, const char *id)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8], old[KEEPER_REGISTRY_KEEP * KEEPER_ID_MAX + 64];
+	registry_path(dir, path, sizeof path);
+	snprintf(tmp, sizeof tmp, "%s.new", path);
+	ssize_t n = sidecar_read_head(path, old, sizeof old);
+	if (n < 0)
+		n = 0;
+	/* Keep the newest KEEPER_REGISTRY_KEEP - 1 lines, then ours. */
+	const char *from = old;
+	size_t lines = 0;
+	for (ssize_t i = n - 1; i >= 0; i--)
+		if (old[i] == '\n' && i != n - 1 && ++lines == KEEPER_REGISTRY_KEEP - 1) {
+			from = old + i + 1;
+			break;
+		}
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return errno;
+	int err = dprintf(fd, "%.*s%s\n", (int)(old + n - from), from, id) < 0 ? EIO : 0;
+	if (fsync(fd) != 0 && err == 0)
+		err = errno;
+	if (sys_close(fd) != 0 && err == 0)
+		err = errno;
+	if (err == 0 && rename(tmp, path) != 0)
+		err = errno;
+	if (err != 0)
+		unlink(tmp);
+	return err;
+}
+
+/* Is anyone holding dir's keeper.lock?  A shared probe: a keeper starting
+ * at this instant may fail to start once and is started again. */
+static bool keeper_lock_held(const char *dir)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof path, "%s/keeper.lock", dir);
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return errno != ENOENT; /* can't look: assume held (no proof) */
+	bool held = sys_flock(fd, LOCK_SH | LOCK_NB) != 0;
+	sys_close(fd); /* drops the probe's lock */
+	return held;
+}
+
+enum keeper_fate keeper_fate(const char *dir, const char *id)
+{
+	if (dir[0] != '/' || strlen(id) != KEEPER_ID_MAX - 1)
+		return KEEPER_UNKNOWN;
+	char path[PATH_MAX], record[KEEPER_REGISTRY_KEEP * KEEPER_ID_MAX + 64];
+	registry_path(dir, path, sizeof path);
+	ssize_t n = sidecar_read_head(path, record, sizeof record);
+	if (n <= 0)
+		return KEEPER_UNKNOWN;
+	bool found = false, last = false;
+	for (char *line = record; *line != '\0';) {
+		size_t len = strcspn(line, "\n");
+		bool is_id = len == KEEPER_ID_MAX - 1 && memcmp(line, id, len) == 0;
+		found |= is_id;
+		last = is_id;
+		line += len + (line[len] == '\n');
+	}
+	if (!found)
+		return KEEPER_UNKNOWN;
+	if (!last)
+		return KEEPER_DEAD;
+	return keeper_lock_held(dir) ? KEEPER_ALIVE : KEEPER_DEAD;
 }

@@ -9,6 +9,9 @@
 #include <sys/types.h>
 
 #define HOST_ID_MAX 96
+#define KEEPER_ID_MAX 33 /* 32 hex digits */
+#define KEEPER_REGISTRY_NAME "keepers"
+#define KEEPER_REGISTRY_KEEP 32 /* ids remembered; older ones just lose the fast break */
 
 /* "<boot id>/<pid namespace inode>": hostnames are shared by containers and
  * often "localhost"; a boot id is unique per machine and boot, and the pid
@@ -23,5 +26,25 @@ unsigned long long process_start_time(pid_t pid);
 
 /* True if pid is alive and still the process that started at start. */
 bool process_is(pid_t pid, unsigned long long start);
+
+/* A keeper's identity: 128 random bits, new at every keeper start.  A boot
+ * id and a pid namespace inode are shared by machines cloned from one
+ * snapshot, and pids repeat there; a fresh random id is not. */
+void keeper_id_new(char out[KEEPER_ID_MAX]);
+
+/* The keeper that holds dir's keeper.lock appends its id to dir/keepers
+ * (keeping the last KEEPER_REGISTRY_KEEP): the record of which keepers ran
+ * in this runtime directory, in order.  Returns 0 or an errno. */
+int keeper_register(const char *dir, const char *id);
+
+/* What dir's record proves about keeper id:
+ *   KEEPER_DEAD    a later keeper is recorded (it could only take
+ *                  keeper.lock once id's keeper had exited), or id is the
+ *                  last one and keeper.lock is free;
+ *   KEEPER_ALIVE   id is the last one and keeper.lock is held;
+ *   KEEPER_UNKNOWN anything else: id never ran here (another machine,
+ *                  a clone, a directory we can't read) -- no proof. */
+enum keeper_fate { KEEPER_UNKNOWN, KEEPER_ALIVE, KEEPER_DEAD };
+enum keeper_fate keeper_fate(const char *dir, const char *id);
 
 #endif

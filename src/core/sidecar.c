@@ -20,15 +20,39 @@
  * garbage, a huge file.  We read at most SIDECAR_HEAD_MAX bytes of it.
  *
  * Crashes.  A sidecar outlives its holder, so it says who holds it (host
- * identity, keeper pid and start time) and carries a heartbeat that the
- * holder's keeper rewrites every lease/3.  A waiter breaks a sidecar
- *   - at once when its holder is on the same host and that keeper is dead;
+ * identity, keeper pid and start time, keeper id and runtime directory) and
+ * carries a heartbeat that the holder's keeper rewrites every lease/3.  A
+ * waiter breaks a sidecar
+ *   - at once when it has proof that nobody holds it (below);
  *   - when it has itself watched the content stay unchanged for a lease, on
- *     its own monotonic clock (never comparing clocks across hosts);
+ *     its own monotonic clock (never comparing clocks across hosts) -- this
+ *     includes a half-written sidecar of ours (empty, or cut off before its
+ *     heartbeat line: a keeper killed between the create and the write),
+ *     which no heartbeat will ever move;
  *   - if foreign (no heartbeat), only after UUIDLOCK_FOREIGN_STALE, if set.
- * Breaking only deletes; holding still takes the create and the verify.
+ * Breaking only takes away; holding still takes the create and the verify.
  * A holder that finds someone else's token at its heartbeat lost the lock
  * and says so; it never deletes what isn't its own.
+ *
+ * Who may break at once.  Only a verdict that can't be wrong, never a pid
+ * lookup: machines cloned from one snapshot share the boot id and the
+ * initial pid namespace (so the host_id), and a pid dead here may be a live
+ * keeper there.  Each keeper start draws a random keeper_id and, holding
+ * its runtime directory's keeper.lock, appends it to that directory's
+ * record "keepers" before any sidecar names it.  A sidecar of this host_id
+ * is then broken at once
+ *   - when its keeper_dir's record proves its keeper dead: a later keeper is
+ *     recorded (it could only take keeper.lock after ours exited), or it is
+ *     the last one and keeper.lock is free.  A clone's keeper is not in our
+ *     record (its id was drawn there): no proof, so its heartbeat decides;
+ *   - when it names this very keeper, whose entries hold no sidecar with its
+ *     token: a copy (cp app.db* backup/, rsync), which nothing would ever
+ *     release.  The same sidecar seen through another mount of the share
+ *     has the token of an entry we hold, and is respected; so is a copy of a
+ *     sidecar we still hold, until we release the original.
+ * A keeper that was itself cloned while running (a memory snapshot restored
+ * twice) is one id in two places: nothing on either machine tells them
+ * apart, and that stays a limit.
  *
  * Fairness.  A host holds the sidecar while any of its processes holds a
  * lock, and its processes hand the kernel lock to each other directly: under
@@ -127,10 +151,12 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 	 * place without changing the file's size. */
 	int len = snprintf(content, sizeof content,
 			   "%s\nuuidlock=1\nhost=%s\nhost_id=%s\nkeeper_pid=%ld\nkeeper_start=%llu\n"
-			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nheartbeat=%0*d\n",
+			   "pid=%ld\nacquired=%lld\nlease=%lld.%03lld\nkeeper_id=%s\nkeeper_dir=%s\n"
+			   "heartbeat=%0*d\n",
 			   h->token, host, who->host_id, who->keeper_pid, who->keeper_start, who->pid,
 			   (long long)time(NULL), (long long)(who->lease_ns / NS_PER_SEC),
-			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), HEARTBEAT_DIGITS, 0);
+			   (long long)(who->lease_ns % NS_PER_SEC / NS_PER_MS), who->keeper_id, who->keeper_dir,
+			   HEARTBEAT_DIGITS, 0);
 
 	int err = write_all(fd, content, (size_t)len); /* synchronous: O_DSYNC */
 	if (sys_close(fd) != 0 && err == 0)
@@ -291,12 +317,20 @@ static bool field_number(const char *head, size_t len, const char *key, unsigned
 	return *end == '\0' && errno == 0;
 }
 
+/* One line ending in a newline and nothing after it: our first write step
+ * cut off right after the token (uuid-filelock's token has no newline). */
+static bool only_first_line(const char *head, size_t len)
+{
+	return len > 0 && memchr(head, '\n', len) == head + len - 1;
+}
+
 void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 {
 	*info = (struct sidecar_info){ 0 };
 	char text[32];
 	unsigned long long v;
 	info->ours_format = sidecar_field(head, len, "uuidlock", text, sizeof text) && strcmp(text, "1") == 0;
+	info->half_written = len == 0 || only_first_line(head, len);
 	if (!info->ours_format)
 		return;
 	sidecar_field(head, len, "host_id", info->host_id, sizeof info->host_id);
@@ -304,6 +338,10 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 		info->keeper_pid = (long)v;
 	if (field_number(head, len, "keeper_start", &v))
 		info->keeper_start = v;
+	if (!sidecar_field(head, len, "keeper_id", info->keeper_id, sizeof info->keeper_id))
+		info->keeper_id[0] = '\0';
+	if (!sidecar_field(head, len, "keeper_dir", info->keeper_dir, sizeof info->keeper_dir))
+		info->keeper_dir[0] = '\0';
 	if (field_number(head, len, "pid", &v) && v <= INT32_MAX)
 		info->pid = (long)v;
 	/* No keeper sets a longer lease, and whoever waits adds it to a clock. */
@@ -311,21 +349,80 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info)
 	if (sidecar_field(head, len, "lease", text, sizeof text) && parse_seconds(text, &lease) && lease > 0)
 		info->lease_ns = lease < longest ? lease : longest;
 	info->has_heartbeat = field_number(head, len, "heartbeat", &info->heartbeat);
+	info->half_written = !info->has_heartbeat; /* the heartbeat line comes last */
 }
 
 /* Why breaking can't admit two holders.  Holding takes an exclusive create
- * plus a verification after a delay; breaking only deletes.  So the one
- * danger is deleting a sidecar that is not the stale one:
+ * plus a verification after a delay; breaking only takes away.  So the one
+ * danger is taking away a sidecar that is not the stale one:
  *   - another breaker: breakers take the guard F.break first (exclusive
  *     create), and re-read F under it; the second finds either the guard or
  *     a content that is no longer the stale one, and stops;
  *   - the holder coming back: it rewrote the heartbeat, so the re-read under
  *     the guard differs, and we stop;
  *   - a fresh sidecar created in the instant between our re-read and our
- *     unlink: its creator is still in its verification delay when our unlink
- *     lands -- we give up if that instant grew to half our own verification
- *     delay -- so its verification fails and it retries, holding nothing.
- * Only delete, never rename or link: sshfs and SMB support neither safely. */
+ *     move: we give up if that instant grew to half our own verification
+ *     delay, and if the move still took it, step 3 below puts it back
+ *     (its creator then verifies it, or found it gone and retries: the
+ *     sidecar put back is nobody's, and is broken as a copy or by lease).
+ *
+ * A breaker stalled at any point.  The last argument bounds when our move
+ * is *issued*, not when it *lands*: retransmissions, a suspended laptop or
+ * an NFS hard mount can deliver it seconds later, after our guard was
+ * judged stale and removed, another host broke the sidecar and a new holder
+ * verified its own.  A late unlink by name would delete that new holder's
+ * sidecar, and a third host would get in beside it.  So we never unlink F:
+ *   1. rename F to F.stale.<our uuid>, a name nobody else ever uses (rename
+ *      within one directory works on every share; its target doesn't exist);
+ *   2. re-read the moved file.  If it is exactly the content judged stale,
+ *      the file our rename moved -- whenever it landed -- was the stale one
+ *      (a token is unique, and any beat of its holder changes the content):
+ *      delete it by its unique name, which no late delete can get wrong;
+ *   3. otherwise we moved someone's live sidecar: put it back with link(),
+ *      which never replaces a file (rename back would destroy a sidecar
+ *      created meanwhile; only where link() is not supported do we rename
+ *      back, and only if F is still free).  The holder's next heartbeat
+ *      reopens F by name and finds its own token: it never knew.
+ * What remains: if another host creates F in the round trips between our
+ * late move and our link, the moved holder has lost its lock (as with a
+ * hand deleting it); it says so at its next heartbeat, and we log it.  A
+ * late link (step 3) can only recreate a sidecar nobody holds any more:
+ * respected like any other, broken as a copy or after a lease.  Breaker
+ * guards are removed by plain unlink: a late one lets two breakers work at
+ * once, which steps 1-3 make harmless too. */
+
+/* Step 3: put back a live sidecar we moved aside by mistake.  A share
+ * without hard links gets it renamed back if the name is still free: a
+ * sidecar created in the instant between our look and our rename is still
+ * in its verification delay, which then fails. */
+static int put_back(const char *path, const char *aside)
+{
+	struct stat st;
+	if (link(aside, path) == 0)
+		unlink(aside);
+	else if (errno == EEXIST || lstat(path, &st) == 0 || errno != ENOENT || rename(aside, path) != 0)
+		return ENOTRECOVERABLE; /* left at aside, for a human to see */
+	return ECANCELED;
+}
+
+/* Steps 1-3: moves F aside and deletes it only if it was the stale one. */
+static int move_aside_and_check(const char *path, const char *judged, size_t judged_len, const char *token)
+{
+	char aside[PATH_MAX + 64], head[SIDECAR_HEAD_MAX];
+	size_t tlen = strlen(token);
+	snprintf(aside, sizeof aside, "%s.stale.%s", path, tlen > 36 ? token + tlen - 36 : token);
+	if (rename(path, aside) != 0)
+		return errno == ENOENT ? 0 : errno; /* already gone: nothing to break */
+	ssize_t n = sidecar_read_head(aside, head, sizeof head);
+	if (n == -ENOENT)
+		return 0; /* someone deleted what we moved: it is gone either way */
+	if (n >= 0 && (size_t)n == judged_len && memcmp(head, judged, judged_len) == 0) {
+		unlink(aside);
+		return 0;
+	}
+	return put_back(path, aside);
+}
+
 int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
 		  const struct sidecar_holder *who, int64_t verify_delay_ns)
 {
@@ -344,8 +441,8 @@ int sidecar_break(const char *path, const char *judged, size_t judged_len, struc
 		err = EAGAIN;
 	else if (mono_ns() - read_at > verify_delay_ns / 2)
 		err = ETIMEDOUT;
-	else if (unlink(path) != 0 && errno != ENOENT)
-		err = errno;
+	else
+		err = move_aside_and_check(path, judged, judged_len, guard->token);
 	sidecar_release(guard);
 	return err;
 }

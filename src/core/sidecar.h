@@ -27,6 +27,8 @@ struct sidecar_holder {
 	char host_id[HOST_ID_MAX];       /* see hostid.h */
 	long keeper_pid;                 /* the process that keeps the sidecar */
 	unsigned long long keeper_start; /* its start time, against pid reuse */
+	char keeper_id[KEEPER_ID_MAX];   /* random per keeper start: see hostid.h */
+	char keeper_dir[RUNTIME_DIR_MAX]; /* its runtime directory, which proves its death */
 	long pid;                        /* the process that asked first */
 	int64_t lease_ns;                /* the keeper refreshes the heartbeat every lease/3 */
 };
@@ -37,10 +39,17 @@ struct sidecar_info {
 	char host_id[HOST_ID_MAX];
 	long keeper_pid;
 	unsigned long long keeper_start;
+	char keeper_id[KEEPER_ID_MAX];    /* empty if absent (older versions) */
+	char keeper_dir[RUNTIME_DIR_MAX]; /* empty if absent */
 	long pid;
 	int64_t lease_ns;
 	bool has_heartbeat;
 	unsigned long long heartbeat;
+	/* Ours, cut off between the exclusive create and the write (a keeper
+	 * killed, a client cut off): empty, only a first line ending in a
+	 * newline, or our lines without the heartbeat.  uuid-filelock writes
+	 * its token without a newline, so that is never taken for this. */
+	bool half_written;
 };
 
 /* Gives the hold a fresh token: prefix + a random UUID from libuuid. */
@@ -76,11 +85,14 @@ void sidecar_parse(const char *head, size_t len, struct sidecar_info *info);
 
 /* Breaks a sidecar judged stale, if it still has exactly the content judged
  * (judged, judged_len): under the guard sidecar path + ".break", which guard
- * holds.  Returns 0 when broken, EBUSY when another breaker holds the guard,
- * EAGAIN when the sidecar changed (not stale after all), ETIMEDOUT when the
- * re-read took longer than half the verification delay (unsafe), another
- * errno on failure.  See sidecar.c for why this can never let two clients
- * hold the lock. */
+ * holds, by moving it aside to path + ".stale.<uuid>" and deleting it there
+ * only if it was the judged one.  Returns 0 when broken, EBUSY when another
+ * breaker holds the guard, EAGAIN when the sidecar changed (not stale after
+ * all), ETIMEDOUT when the re-read took longer than half the verification
+ * delay (unsafe), ECANCELED when the move (landing late) took a live
+ * sidecar, which was put back, ENOTRECOVERABLE when it could not be put
+ * back (its holder will report the lock lost), another errno on failure.
+ * See sidecar.c for why this can never let two clients hold the lock. */
 int sidecar_break(const char *path, const char *judged, size_t judged_len, struct sidecar_hold *guard,
 		  const struct sidecar_holder *who, int64_t verify_delay_ns);
 

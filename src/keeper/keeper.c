@@ -317,15 +317,35 @@ static int64_t observe(struct observation **slot, const char *content, size_t le
 	return now - o->since;
 }
 
+/* Does this keeper hold (or verify) a sidecar whose first line is head's,
+ * through any path?  The same sidecar seen through a second mount of the
+ * share is held, not a copy. */
+static bool holds_sidecar(const struct entry *e);
+
+static bool holds_token(const char *head, size_t len)
+{
+	size_t first_line = strcspn(head, "\n");
+	for (const struct entry *e = entries; e != NULL; e = e->next)
+		if ((holds_sidecar(e) || e->state == VERIFYING) && first_line < len && strlen(e->hold.token) == first_line &&
+		    memcmp(head, e->hold.token, first_line) == 0)
+			return true;
+	return false;
+}
+
 /* Why a sidecar (or guard) that has stayed as it is for `quiet` ns may be
- * broken, or NULL while it must be respected. */
+ * broken, or NULL while it must be respected.  The fast verdicts need
+ * proof (see sidecar.c, "Who may break at once"), never a pid lookup. */
 static const char *stale_reason(const struct entry *e, const char *head, size_t len, int64_t quiet,
 				char *why, size_t cap)
 {
 	struct sidecar_info info;
 	sidecar_parse(head, len, &info);
-	if (info.ours_format && strcmp(info.host_id, me.host_id) == 0 &&
-	    !process_is((pid_t)info.keeper_pid, info.keeper_start)) {
+	bool this_host = info.ours_format && strcmp(info.host_id, me.host_id) == 0;
+	if (this_host && strcmp(info.keeper_id, me.keeper_id) == 0 && !holds_token(head, len)) {
+		snprintf(why, cap, "it names this keeper, which does not hold it: a copy");
+		return why;
+	}
+	if (this_host && keeper_fate(info.keeper_dir, info.keeper_id) == KEEPER_DEAD) {
 		snprintf(why, cap, "its keeper (pid %ld) on this host is gone", info.keeper_pid);
 		return why;
 	}
@@ -333,6 +353,12 @@ static const char *stale_reason(const struct entry *e, const char *head, size_t 
 	int64_t lease = MAX(e->holder.lease_ns, info.lease_ns);
 	if (info.ours_format && info.has_heartbeat && quiet >= lease) {
 		snprintf(why, cap, "no heartbeat for %.1f s", (double)quiet / NS_PER_SEC);
+		return why;
+	}
+	/* Cut off before its heartbeat line: like a holder whose heart stopped. */
+	if (info.half_written && quiet >= lease) {
+		snprintf(why, cap, "half-written (empty or cut off), unchanged for %.1f s",
+			 (double)quiet / NS_PER_SEC);
 		return why;
 	}
 	if (!info.ours_format && e->foreign_stale_ns >= 0 && quiet >= e->foreign_stale_ns) {
@@ -383,6 +409,12 @@ static bool break_if_stale(struct entry *e, int64_t now)
 		log_warn("not breaking stale sidecar %s: re-reading it took longer than half of "
 			 "UUIDLOCK_VERIFY_DELAY (%.3f s), which would not be safe; raise it",
 			 e->hold.path, (double)e->verify_ns / NS_PER_SEC);
+	else if (err == ECANCELED)
+		log_warn("breaking %s moved a live sidecar aside (the move landed late): put it back",
+			 e->hold.path);
+	else if (err == ENOTRECOVERABLE)
+		log_error("breaking %s moved a live sidecar aside (the move landed late) and could not "
+			  "put it back: its holder will report the lock lost", e->hold.path);
 	else if (err != EAGAIN)
 		log_error("cannot break stale sidecar %s: %s", e->hold.path, strerror(err));
 	return false;
@@ -1506,12 +1538,19 @@ int main(int argc, char **argv)
 	host_identity(me.host_id, sizeof me.host_id);
 	me.keeper_pid = getpid();
 	me.keeper_start = process_start_time(0);
+	keeper_id_new(me.keeper_id);
+	snprintf(me.keeper_dir, sizeof me.keeper_dir, "%s", dir);
 	char self[32];
 	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
 	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
 	may_linger = in_initial_pid_namespace();
 
 	bool serving = become_the_keeper(dir);
+	/* Before any sidecar names us: the record is what proves our death. */
+	int err = serving ? keeper_register(dir, me.keeper_id) : 0;
+	if (err != 0)
+		log_error("keeper: cannot record this keeper in %s/%s: %s (its sidecars will only "
+			  "be broken by the lease if it dies)", dir, KEEPER_REGISTRY_NAME, strerror(err));
 	if (!foreground) {
 		/* Tell the shim that started us that it may connect now. */
 		ssize_t w = write(READY_FD, "1", 1);
