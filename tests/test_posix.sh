@@ -345,13 +345,6 @@ test_sqlite_update_counter_from_both_clients() {
   wait_no_sidecars
 }
 
-test_sqlite_wal_mode_is_refused() {
-  local out
-  out=$(shimmed sqlite3 "$C1/wal.db" 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);' 2>&1)
-  assertNotEquals "sqlite3 must fail in WAL mode" 0 $?
-  assertContains "$out" "uuidlock: refusing to lock $C1/wal.db-shm"
-}
-
 test_unmanaged_record_locks_pass_through() {
   mkdir "$RIG/local"
   hold open:5:"$RIG/local/f" setlk:5:w:0:0 touch:"$RIG/held" wait:"$RIG/go"
