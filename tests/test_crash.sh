@@ -81,6 +81,25 @@ test_lost_lock_is_reported_and_the_new_sidecar_kept() {
   assertEquals "the new holder's sidecar is untouched" "new-holder" "$(cat "$RIG/srv/f.lock")"
 }
 
+# In a container (its own /proc) /proc/locks leaves out a lock whose taker
+# exited: flock(1) in `( flock -x 9; ... ) 9>f`.  The subshell still holds
+# it, so another host must stay out until it ends (the keeper finds the lock
+# in the subshell's fdinfo).  The container waits for the sidecar to go
+# before it ends: its end would kill its keeper.
+test_container_lock_outliving_its_taker_keeps_other_hosts_out() {
+  container bash -c '( flock -x 9 && touch "$1/held" && until [ -e "$1/go" ]; do sleep 0.01; done ) 9>"$2/f"
+    for i in $(seq 1000); do [ -e "$3" ] || exit 0; sleep 0.01; done; exit 1' \
+    sh "$RIG" "$C1" "$RIG/srv/f$SFX" 2>"$RIG/ct.err" &
+  local ct=$!
+  held
+  other_host flock -w 1 -E 75 "$C2/f" true
+  assertEquals "another host stays out while the subshell holds the lock" 75 $?
+  touch "$RIG/go"; wait "$ct"
+  assertEquals "the container's keeper released: $(cat "$RIG/ct.err")" 0 $?
+  other_host flock -w 10 -E 75 "$C2/f" true
+  assertEquals "and gets in once the subshell is gone" 0 $?
+}
+
 # Many trials of several keepers breaking one stale sidecar at once: never
 # two holders (each holder proves it with an exclusive mkdir).
 test_racing_breakers_never_admit_two_holders() {

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -112,6 +113,10 @@ static struct sidecar_holder me; /* host identity and keeper pid, for every side
 /* False when /proc belongs to another pid namespace than ours: its pids
  * can't be compared with our clients', so any lock on a file counts. */
 static bool pids_comparable;
+/* False when /proc is not the initial pid namespace's: its /proc/locks then
+ * leaves out locks whose owner pid it can't name (a flock whose taker
+ * exited), and a held file with no line must be looked for in fdinfo. */
+static bool proc_lists_every_lock;
 static struct conn *conns;
 static int listen_fd = -1;
 static volatile sig_atomic_t stop_requested;
@@ -445,26 +450,78 @@ static void step(struct entry *e, int64_t now)
 	}
 }
 
+/* ---- the sweep of /proc/locks ---------------------------------------- */
+
+/* The host's locks now: /proc/locks, and where it can leave locks out (see
+ * proclocks_add_unlisted) the held files' locks it left out, from fdinfo.
+ * Only a held file with no line at all costs that scan of our processes. */
+static int load_locks(struct proclocks *locks)
+{
+	int err = proclocks_load(locks);
+	if (err != 0 || proc_lists_every_lock)
+		return err;
+	size_t n = 0;
+	for (const struct entry *e = entries; e != NULL; e = e->next)
+		n += e->state == HELD ? e->ninodes : 0;
+	struct proclock *want = malloc((n + 1) * sizeof *want);
+	if (want == NULL)
+		err = ENOMEM;
+	n = 0;
+	for (const struct entry *e = entries; want != NULL && e != NULL; e = e->next)
+		for (unsigned i = 0; e->state == HELD && i < e->ninodes; i++)
+			want[n++] = (struct proclock){ .dev = e->inode[i].dev, .ino = e->inode[i].ino };
+	if (want != NULL)
+		err = proclocks_add_unlisted(locks, want, n, geteuid());
+	free(want);
+	if (err != 0)
+		proclocks_free(locks);
+	return err;
+}
+
+/* Walks the locks on every inode of one entry:
+ *   for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) */
+struct sweep {
+	const struct entry *e;
+	const struct proclocks *locks;
+	unsigned inode; /* the next inode to look up */
+	const struct proclock *at, *end;
+};
+
+static struct sweep sweep(const struct entry *e, const struct proclocks *locks)
+{
+	return (struct sweep){ .e = e, .locks = locks };
+}
+
+static const struct proclock *sweep_next(struct sweep *s)
+{
+	while (s->at == s->end) {
+		if (s->inode == s->e->ninodes)
+			return NULL;
+		size_t n;
+		s->at = proclocks_on(s->locks, s->e->inode[s->inode].dev, s->e->inode[s->inode].ino, &n);
+		s->end = s->at + n;
+		s->inode++;
+	}
+	return s->at++;
+}
+
 /* Tells every local process that holds a lock on e's file, on its stderr:
  * the keeper has no terminal of its own, and they are the ones at risk. */
 static void tell_holders(const struct entry *e, const char *msg)
 {
 	struct proclocks now;
-	if (proclocks_load(&now) != 0)
+	if (load_locks(&now) != 0)
 		return;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(&now, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			if (lock[j].pid <= 0)
-				continue;
-			char path[64];
-			snprintf(path, sizeof path, "/proc/%ld/fd/2", lock[j].pid);
-			int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-			if (fd >= 0) {
-				dprintf(fd, "uuidlock: %s\n", msg);
-				sys_close(fd);
-			}
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, &now); (lock = sweep_next(&s)) != NULL;) {
+		if (lock->pid <= 0)
+			continue;
+		char path[64];
+		snprintf(path, sizeof path, "/proc/%ld/fd/2", lock->pid);
+		int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+		if (fd >= 0) {
+			dprintf(fd, "uuidlock: %s\n", msg);
+			sys_close(fd);
 		}
 	}
 	proclocks_free(&now);
@@ -600,29 +657,26 @@ static bool locked_locally(struct entry *e, const struct proclocks *locks)
 {
 	size_t kept = 0;
 	bool held = false;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			long pid = lock[j].pid;
-			if (pid < 0 || !pids_comparable) {
-				held = true;
-			} else if (find_requester(e, pid) != NULL) {
-				held = true;
-				for (size_t k = 0; k < kept; k++)
-					if (e->requesters[k].pid == pid)
-						goto next;
-				/* keep it: swap into the kept prefix */
-				for (size_t k = kept; k < e->nrequesters; k++)
-					if (e->requesters[k].pid == pid) {
-						struct requester r = e->requesters[k];
-						e->requesters[k] = e->requesters[kept];
-						e->requesters[kept++] = r;
-						break;
-					}
-			}
-		next:;
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) {
+		long pid = lock->pid;
+		if (pid < 0 || !pids_comparable) {
+			held = true;
+		} else if (find_requester(e, pid) != NULL) {
+			held = true;
+			for (size_t k = 0; k < kept; k++)
+				if (e->requesters[k].pid == pid)
+					goto next;
+			/* keep it: swap into the kept prefix */
+			for (size_t k = kept; k < e->nrequesters; k++)
+				if (e->requesters[k].pid == pid) {
+					struct requester r = e->requesters[k];
+					e->requesters[k] = e->requesters[kept];
+					e->requesters[kept++] = r;
+					break;
+				}
 		}
+	next:;
 	}
 	e->nrequesters = kept;
 	return held;
@@ -637,16 +691,13 @@ enum holders { HOLDERS_NONE, HOLDERS_PENDING, HOLDERS_GRANTED, HOLDERS_UNKNOWN }
 static enum holders classify_holders(const struct entry *e, const struct proclocks *locks)
 {
 	enum holders worst = HOLDERS_NONE;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			if (lock[j].pid < 0 || !pids_comparable)
-				return HOLDERS_UNKNOWN;
-			const struct requester *r = find_requester(e, lock[j].pid);
-			if (r != NULL)
-				worst = MAX(worst, r->granted ? HOLDERS_GRANTED : HOLDERS_PENDING);
-		}
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) {
+		if (lock->pid < 0 || !pids_comparable)
+			return HOLDERS_UNKNOWN;
+		const struct requester *r = find_requester(e, lock->pid);
+		if (r != NULL)
+			worst = MAX(worst, r->granted ? HOLDERS_GRANTED : HOLDERS_PENDING);
 	}
 	return worst;
 }
@@ -690,13 +741,8 @@ static void finish_yielding(struct entry *e, const struct proclocks *locks, int6
 
 static bool any_lock_on(const struct entry *e, const struct proclocks *locks)
 {
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		if (n > 0)
-			return true;
-	}
-	return false;
+	struct sweep s = sweep(e, locks);
+	return sweep_next(&s) != NULL;
 }
 
 /* None of our requesters holds a lock on e's file, but someone does: most
@@ -727,7 +773,7 @@ static void check_held(int64_t now)
 	if (!any_held)
 		return;
 	struct proclocks locks;
-	int err = proclocks_load(&locks);
+	int err = load_locks(&locks);
 	if (err != 0) {
 		/* Without the list we cannot tell: keep holding (safe), try later. */
 		log_error("cannot read /proc/locks: %s", strerror(err));
@@ -817,7 +863,7 @@ static long peer_pid(int fd)
 static bool may_send_away(const struct entry *e)
 {
 	struct proclocks locks;
-	if (proclocks_load(&locks) != 0)
+	if (load_locks(&locks) != 0)
 		return false;
 	enum holders h = classify_holders(e, &locks);
 	proclocks_free(&locks);
@@ -1093,6 +1139,17 @@ static void shut_down(void)
 
 /* ---- start-up --------------------------------------------------------- */
 
+#define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode (linux/proc_ns.h) */
+
+/* Is /proc the initial pid namespace's?  Then it names every pid.  Its
+ * pid 1 is a member of its namespace; so are we, if it names us as we are. */
+static bool proc_is_initial_pid_namespace(void)
+{
+	struct stat ns;
+	return stat(pids_comparable ? "/proc/self/ns/pid" : "/proc/1/ns/pid", &ns) == 0 &&
+	       ns.st_ino == PROC_PID_INIT_INO;
+}
+
 static int open_in(const char *dir, const char *name, int flags)
 {
 	char path[PATH_MAX];
@@ -1195,6 +1252,7 @@ int main(int argc, char **argv)
 	char self[32];
 	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
 	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
+	proc_lists_every_lock = proc_is_initial_pid_namespace();
 
 	bool serving = become_the_keeper(dir);
 	if (!foreground) {
