@@ -186,6 +186,50 @@ mount_extra_client() { # OPTIONS SRC DST
     2>>"$RIG/extra-mount.err" && EXTRA_MOUNTS+=("$3")
 }
 
+# A multi-user share (sshfs with allow_other, as a non-root user): the
+# sidecar a user creates appears owned by the server's account, so the user
+# can create it but not reopen it for writing.  Here: bindfs that gives root
+# every file created through it, and the holder runs as nobody.
+mount_multi_user_client() { # -> $RIG/mu, with the directory mu/ writable by all
+  chmod 0755 "$RIG" && mkdir -m 0777 "$RIG/srv/mu" "$RIG/nob" && mkdir -m 0700 "$RIG/run-nobody" &&
+    chown nobody "$RIG/run-nobody" || return 1
+  : >"$RIG/nob/hold.err" && chmod 0666 "$RIG/nob/hold.err" # the keeper (nobody) writes to it
+  mount_extra_client create-for-user=root,create-for-group=root "$RIG/srv" "$RIG/mu"
+}
+# hold_as_nobody STEP...: hold, as user nobody, on the multi-user client.
+hold_as_nobody() {
+  setpriv --reuid=nobody --regid=nogroup --clear-groups env UUIDLOCK_RUNTIME_DIR="$RIG/run-nobody" \
+    UUIDLOCK_PATHS="$RIG/mu" LD_PRELOAD="$SHIM_PRELOAD" "$LOCKDRV" "$@" >"$RIG/nob/hold.out" 2>>"$RIG/nob/hold.err" &
+  HOLDER=$!
+}
+heartbeat_of() { sed -n 's/^heartbeat=//p' "$1"; }
+
+test_heartbeat_goes_on_where_the_sidecar_cant_be_reopened() {
+  mount_multi_user_client || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  UUIDLOCK_LEASE=0.6 hold_as_nobody open:5:"$RIG/mu/mu/f" ex:5 touch:"$RIG/nob/held" wait:"$RIG/nob/go" un:5
+  wait_for_file "$RIG/nob/held" || fail "holder never locked: $(cat "$RIG/nob/hold.out" "$RIG/nob/hold.err")"
+  UUIDLOCK_LEASE=0.6 other_host flock -w 2 -E 75 "$C2/mu/f" true
+  assertEquals "three leases later the other host still waits" 75 $?
+  assertNotEquals "the heartbeat moved" 00000000000000000 "$(heartbeat_of "$RIG/srv/mu/f$SFX")"
+  touch "$RIG/nob/go"; wait "$HOLDER"
+  assertNotContains "$(cat "$RIG/nob/hold.err")" "lost"
+}
+
+# Without a descriptor to spare (a keeper started with few), the heartbeat
+# reopens the sidecar, which fails every time: the lock is lost, and the
+# holder is told before another host can break it.
+test_heartbeat_that_keeps_failing_is_a_lost_lock() {
+  mount_multi_user_client || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  (ulimit -n 32; UUIDLOCK_LEASE=0.6 hold_as_nobody open:5:"$RIG/mu/mu/f" ex:5 touch:"$RIG/nob/held" \
+    wait:"$RIG/nob/go" un:5; wait "$HOLDER") &
+  HOLDER=$!
+  wait_for_file "$RIG/nob/held" || fail "holder never locked: $(cat "$RIG/nob/hold.out" "$RIG/nob/hold.err")"
+  local i
+  for i in $(seq 500); do grep -q "was lost" "$RIG/nob/hold.err" && break; sleep 0.01; done
+  assertContains "$(cat "$RIG/nob/hold.err")" "uuidlock: lock on $RIG/mu/mu/f$SFX was lost: its heartbeat failed"
+  touch "$RIG/nob/go"; wait "$HOLDER"
+}
+
 test_read_only_share_fails_loudly() {
   mount_extra_client ro "$RIG/srv" "$RIG/ro" || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
   echo data >"$RIG/srv/f"

@@ -82,9 +82,10 @@ struct entry {
 	bool said_want;
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
-	/* HELD: the heartbeat */
+	/* HELD: the heartbeat, and how many beats in a row failed */
 	int64_t next_beat;
 	unsigned long long beats;
+	unsigned failed_beats;
 	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
 	 * and since when, on our monotonic clock.  Allocated when first needed
 	 * and freed once held: a host holding many sidecars doesn't carry them. */
@@ -189,8 +190,27 @@ static void forget_observations(struct entry *e)
 	e->seen = e->guard_seen = NULL;
 }
 
+/* Nothing may point at a freed entry, so its last waiters are answered now:
+ * one waiting for a turn may start its lock call over (a new entry), one
+ * still waiting for the sidecar fails.  Callers answer the waiters they
+ * have an answer for first; this catches the rest (a turn waiter when a
+ * held sidecar is lost). */
+static void answer_remaining_waiters(struct entry *e)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->entry != e)
+			continue;
+		if (c->turn_only)
+			reply(c, KEEPER_DONE, 0, NULL);
+		else
+			reply(c, KEEPER_FAILED, ENOLCK, "the keeper gave up %s", e->hold.path);
+	}
+}
+
 static void free_entry(struct entry *e)
 {
+	answer_remaining_waiters(e);
 	for (struct entry **p = &entries; *p != NULL; p = &(*p)->next)
 		if (*p == e) {
 			*p = e->next;
@@ -198,6 +218,7 @@ static void free_entry(struct entry *e)
 		}
 	if (e->said_want)
 		sidecar_unwant(e->hold.path);
+	sidecar_forget(&e->hold);
 	forget_observations(e);
 	free(e->requesters);
 	free(e);
@@ -425,6 +446,7 @@ static void step(struct entry *e, int64_t now)
 		int err = sidecar_verify(&e->hold);
 		if (err == EEXIST || err == ENOENT) {
 			log_warn("sidecar %s was taken over during verification", e->hold.path);
+			sidecar_forget(&e->hold);
 			return back_off(e, now);
 		}
 		if (err != 0)
@@ -527,24 +549,42 @@ static void tell_holders(const struct entry *e, const char *msg)
 	proclocks_free(&now);
 }
 
+/* How many heartbeats in a row may fail before the lock counts as lost:
+ * other hosts break it a lease (3 beats) after the last one that worked,
+ * so the holders hear of it a beat before that can happen. */
+#define MAX_FAILED_BEATS 2
+
+/* The lock is lost: say so to the log and to the local holders, and forget
+ * the entry (a new lock call competes for the sidecar from scratch). */
+static void lose(struct entry *e, const char *msg)
+{
+	log_error("%s", msg);
+	tell_holders(e, msg);
+	free_entry(e);
+}
+
 /* Refreshes a held sidecar's heartbeat; a sidecar that is not ours any more
- * means the lock was lost (broken after a long stall, deleted by hand). */
+ * means the lock was lost (broken after a long stall, deleted by hand), and
+ * so does a heartbeat that keeps failing: other hosts will break it. */
 static void heartbeat(struct entry *e, int64_t now)
 {
 	e->next_beat = now + e->holder.lease_ns / 3;
 	int err = sidecar_heartbeat(&e->hold, ++e->beats);
-	if (err == 0)
+	if (err == 0) {
+		e->failed_beats = 0;
 		return;
+	}
 	char msg[PATH_MAX + 128];
 	if (err == EEXIST || err == ENOENT) {
 		snprintf(msg, sizeof msg, "lock on %s was lost: its sidecar was %s", e->hold.path,
 			 err == ENOENT ? "deleted" : "taken over by another client");
-		log_error("%s", msg);
-		tell_holders(e, msg);
-		free_entry(e);
-		return;
+		return lose(e, msg);
 	}
-	log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
+	if (++e->failed_beats < MAX_FAILED_BEATS)
+		return log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
+	snprintf(msg, sizeof msg, "lock on %s was lost: its heartbeat failed %u times in a row (%s), "
+		 "so other clients will break it", e->hold.path, e->failed_beats, strerror(err));
+	lose(e, msg);
 }
 
 /* How long a host keeps the sidecar before it looks for other hosts' turn
@@ -817,6 +857,7 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	if (e == NULL)
 		return NULL;
 	snprintf(e->hold.path, sizeof e->hold.path, "%s", req->sidecar);
+	e->hold.fd = -1;
 	snprintf(e->prefix, sizeof e->prefix, "%s", req->prefix);
 	e->state = WAITING;
 	e->next_step = now;
