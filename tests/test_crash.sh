@@ -100,6 +100,38 @@ test_container_lock_outliving_its_taker_keeps_other_hosts_out() {
   assertEquals "and gets in once the subshell is gone" 0 $?
 }
 
+# A process waiting for its turn while this host holds the sidecar and lets
+# its holders finish (two shared holders, another host asked for a turn):
+# when the sidecar is lost meanwhile, the waiter gets its answer (try again)
+# and the keeper forgets the entry without reading it after it is freed
+# (the sanitizer run checks).  Only a request sent just after a yield
+# reaches that moment in a lock call: wait_turn.py sends it at will.
+test_lost_sidecar_answers_a_process_waiting_for_its_turn() {
+  export UUIDLOCK_LEASE=1.5 UUIDLOCK_LOG=info
+  hold open:5:"$C1/f" sh:5 touch:"$RIG/held" wait:"$RIG/go" un:5
+  held
+  local t0=$EPOCHREALTIME
+  other_host flock -w 20 "$C2/f" true &
+  local w=$!
+  wait_for_file "$RIG/srv/f$SFX.want" || fail "the other host never asked for a turn"
+  until between "$(elapsed_since "$t0")" 0.1 1e9; do sleep 0.01; done # the turn (0.04 s) is over
+  shimmed "$LOCKDRV" open:5:"$C1/f" sh:5 touch:"$RIG/b_held" wait:"$RIG/go" un:5 >"$RIG/b.out" 2>"$RIG/b.err" &
+  local b=$!
+  wait_for_file "$RIG/b_held" || fail "B never locked"
+  assertContains "this host lets its holders finish" "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "giving it up after the local holders"
+  python3 "$TOP/tests/wait_turn.py" "$UUIDLOCK_RUNTIME_DIR" "$C1/f$SFX" "$RIG/sent" >"$RIG/turn.out" &
+  local t=$!
+  wait_for_file "$RIG/sent" || fail "wait_turn.py never asked"
+  rm "$RIG/srv/f$SFX"
+  wait "$t"
+  assertEquals "the waiter is answered" DONE "$(cat "$RIG/turn.out")"
+  assertContains "$(cat "$RIG/b.err")" "uuidlock: lock on $C1/f$SFX was lost"
+  touch "$RIG/go"; wait "$HOLDER" "$b"
+  wait "$w"
+  assertEquals "the other host got in" 0 $?
+  unset UUIDLOCK_LEASE UUIDLOCK_LOG
+}
+
 # Many trials of several keepers breaking one stale sidecar at once: never
 # two holders (each holder proves it with an exclusive mkdir).
 test_racing_breakers_never_admit_two_holders() {
