@@ -68,6 +68,25 @@ test_foreign_sidecar_breaks_only_when_opted_in() {
   assertTrue "took ${took}s" "between $took 0.9 4"
 }
 
+# A container killed as a whole (its init ended) takes its keeper with it,
+# before it could release.  A keeper that sees every process of the machine
+# knows that nothing lives in that pid namespace any more: no lease to wait.
+test_a_container_killed_as_a_whole_frees_its_lock_at_once() {
+  # (A check a second: the keeper must not notice the lock end in the instant before it dies.)
+  UUIDLOCK_LEASE=30 UUIDLOCK_RETRY_INTERVAL=1 container "$LOCKDRV" open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never" >/dev/null &
+  local ct=$!
+  held
+  # unshare (the job's child) with --kill-child: its end kills the container's init, and so all of it
+  kill -KILL "$(pgrep -P "$ct" unshare)"; wait "$ct" 2>/dev/null
+  assertTrue "its sidecar is left behind" "[ -e '$RIG/srv/f$SFX' ]"
+  local t0=$EPOCHREALTIME
+  UUIDLOCK_LEASE=30 shimmed flock -w 10 -E 75 "$C2/f" true
+  assertEquals "a client outside gets in" 0 $?
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, the lease is 30 s" "between $took 0 5"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "on this machine is gone"
+}
+
 # A holder whose sidecar is taken over (or deleted) says so on its stderr,
 # and never deletes the new holder's sidecar.
 test_lost_lock_is_reported_and_the_new_sidecar_kept() {
@@ -107,7 +126,7 @@ test_container_lock_outliving_its_taker_keeps_other_hosts_out() {
 # (the sanitizer run checks).  Only a request sent just after a yield
 # reaches that moment in a lock call: wait_turn.py sends it at will.
 test_lost_sidecar_answers_a_process_waiting_for_its_turn() {
-  export UUIDLOCK_LEASE=1.5 UUIDLOCK_LOG=info
+  local -x UUIDLOCK_LEASE=1.5 UUIDLOCK_LOG=info
   hold open:5:"$C1/f" sh:5 touch:"$RIG/held" wait:"$RIG/go" un:5
   held
   local t0=$EPOCHREALTIME
@@ -129,7 +148,6 @@ test_lost_sidecar_answers_a_process_waiting_for_its_turn() {
   touch "$RIG/go"; wait "$HOLDER" "$b"
   wait "$w"
   assertEquals "the other host got in" 0 $?
-  unset UUIDLOCK_LEASE UUIDLOCK_LOG
 }
 
 # Many trials of several keepers breaking one stale sidecar at once: never

@@ -304,6 +304,16 @@ static const char *stale_reason(const struct entry *e, const char *head, size_t 
 		snprintf(why, cap, "its keeper (pid %ld) on this host is gone", info.keeper_pid);
 		return why;
 	}
+	/* A container's keeper dies with its pid namespace, before it can
+	 * release: where we see every process of the machine, a namespace with
+	 * none left holds nothing. */
+	unsigned long long ns = info.ours_format && proc_lists_every_lock
+					? host_id_other_pid_namespace(info.host_id, me.host_id)
+					: 0;
+	if (ns != 0 && pid_namespace_empty(ns)) {
+		snprintf(why, cap, "its pid namespace (%llu) on this machine is gone", ns);
+		return why;
+	}
 	/* Both leases count: a holder with a longer lease beats less often. */
 	int64_t lease = MAX(e->holder.lease_ns, info.lease_ns);
 	if (info.ours_format && info.has_heartbeat && quiet >= lease) {
@@ -1179,8 +1189,6 @@ static void shut_down(void)
 }
 
 /* ---- start-up --------------------------------------------------------- */
-
-#define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode (linux/proc_ns.h) */
 
 /* Is /proc the initial pid namespace's?  Then it names every pid.  Its
  * pid 1 is a member of its namespace; so are we, if it names us as we are. */
