@@ -292,6 +292,22 @@ static int64_t observe(struct observation **slot, const char *content, size_t le
 	return now - o->since;
 }
 
+/* Has pid namespace ns no process left?  Each answer is a scan of every
+ * process of the machine: one that found it alive holds for a second. */
+static bool pid_namespace_gone(unsigned long long ns)
+{
+	static unsigned long long alive_ns;
+	static int64_t alive_at;
+	int64_t now = mono_ns();
+	if (ns == alive_ns && now - alive_at < NS_PER_SEC)
+		return false;
+	if (pid_namespace_empty(ns))
+		return true;
+	alive_ns = ns;
+	alive_at = now;
+	return false;
+}
+
 /* Why a sidecar (or guard) that has stayed as it is for `quiet` ns may be
  * broken, or NULL while it must be respected. */
 static const char *stale_reason(const struct entry *e, const char *head, size_t len, int64_t quiet,
@@ -310,7 +326,7 @@ static const char *stale_reason(const struct entry *e, const char *head, size_t 
 	unsigned long long ns = info.ours_format && proc_lists_every_lock
 					? host_id_other_pid_namespace(info.host_id, me.host_id)
 					: 0;
-	if (ns != 0 && pid_namespace_empty(ns)) {
+	if (ns != 0 && pid_namespace_gone(ns)) {
 		snprintf(why, cap, "its pid namespace (%llu) on this machine is gone", ns);
 		return why;
 	}
@@ -1190,13 +1206,22 @@ static void shut_down(void)
 
 /* ---- start-up --------------------------------------------------------- */
 
-/* Is /proc the initial pid namespace's?  Then it names every pid.  Its
- * pid 1 is a member of its namespace; so are we, if it names us as we are. */
-static bool proc_is_initial_pid_namespace(void)
+static bool in_initial_pid_namespace(const char *ns_link)
 {
 	struct stat ns;
-	return stat(pids_comparable ? "/proc/self/ns/pid" : "/proc/1/ns/pid", &ns) == 0 &&
-	       ns.st_ino == PROC_PID_INIT_INO;
+	return stat(ns_link, &ns) == 0 && ns.st_ino == PROC_PID_INIT_INO;
+}
+
+/* Is /proc the initial pid namespace's?  Then it names every pid.  A
+ * process /proc shows is a member of its namespace or of one below it, so
+ * one in the initial namespace proves it: we, if /proc names us as we are;
+ * else its pid 1 (a member of its own namespace, often not ours to look
+ * at), or pid 2 (the kernel's kthreadd, in the initial one). */
+static bool proc_is_initial_pid_namespace(void)
+{
+	if (pids_comparable)
+		return in_initial_pid_namespace("/proc/self/ns/pid");
+	return in_initial_pid_namespace("/proc/1/ns/pid") || in_initial_pid_namespace("/proc/2/ns/pid");
 }
 
 static int open_in(const char *dir, const char *name, int flags)
