@@ -178,23 +178,36 @@ static bool is_number(const char *name)
 	return name[0] >= '0' && name[0] <= '9' && name[strspn(name, "0123456789")] == '\0';
 }
 
-/* Reads every fdinfo file of process pid into match_fdinfo. */
-static void scan_process(const char *pid, const struct proclock *want, const size_t *missing, size_t nmissing,
-			 bool *found)
+/* A process or descriptor that is gone, or not ours to look at, holds
+ * nothing we must know of; any other failure (out of descriptors) leaves
+ * the answer unknown. */
+static int unless_gone(int err)
+{
+	return err == ENOENT || err == ESRCH || err == EACCES || err == EPERM ? 0 : err;
+}
+
+/* Reads every fdinfo file of process pid into match_fdinfo.  Its first 4 kB
+ * are enough: all of its lock lines are on the descriptor's one file. */
+static int scan_process(const char *pid, const struct proclock *want, const size_t *missing, size_t nmissing,
+			bool *found)
 {
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%s/fdinfo", pid);
 	DIR *dir = opendir(path);
 	if (dir == NULL)
-		return; /* exited meanwhile, or not ours to read */
-	for (struct dirent *d; (d = readdir(dir)) != NULL;) {
+		return unless_gone(errno);
+	int err = 0;
+	for (struct dirent *d; err == 0 && (d = readdir(dir)) != NULL;) {
 		if (!is_number(d->d_name))
 			continue;
 		char text[4096];
 		int fd = openat(dirfd(dir), d->d_name, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			err = unless_gone(errno);
 			continue;
+		}
 		ssize_t n = read(fd, text, sizeof text - 1);
+		err = n < 0 ? unless_gone(errno) : 0;
 		sys_close(fd);
 		if (n <= 0)
 			continue;
@@ -202,6 +215,7 @@ static void scan_process(const char *pid, const struct proclock *want, const siz
 		match_fdinfo(text, want, missing, nmissing, found);
 	}
 	closedir(dir);
+	return err;
 }
 
 static bool all_found(const bool *found, size_t n)
@@ -238,11 +252,12 @@ int proclocks_add_unlisted(struct proclocks *p, const struct proclock *want, siz
 		return errno;
 	bool found[nmissing];
 	memset(found, 0, sizeof found);
-	for (struct dirent *d; !all_found(found, nmissing) && (d = readdir(procs)) != NULL;) {
+	int err = 0;
+	for (struct dirent *d; err == 0 && !all_found(found, nmissing) && (d = readdir(procs)) != NULL;) {
 		struct stat st;
 		if (is_number(d->d_name) && fstatat(dirfd(procs), d->d_name, &st, 0) == 0 && st.st_uid == uid)
-			scan_process(d->d_name, want, missing, nmissing, found);
+			err = scan_process(d->d_name, want, missing, nmissing, found);
 	}
 	closedir(procs);
-	return add_found(p, want, missing, nmissing, found);
+	return err != 0 ? err : add_found(p, want, missing, nmissing, found);
 }
