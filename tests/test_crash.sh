@@ -119,6 +119,20 @@ test_container_lock_outliving_its_taker_keeps_other_hosts_out() {
   assertEquals "and gets in once the subshell is gone" 0 $?
 }
 
+# The same lock lost (its sidecar deleted): the subshell still holding it is
+# told, though /proc/locks doesn't name it.
+test_container_lock_outliving_its_taker_is_told_when_lost() {
+  UUIDLOCK_LEASE=0.3 container bash -c '( flock -x 9 && touch "$1/held" && until [ -e "$1/go" ]; do sleep 0.01; done ) 9>"$2/f"' \
+    sh "$RIG" "$C1" 2>"$RIG/ct.err" &
+  local ct=$!
+  held
+  rm "$RIG/srv/f$SFX"
+  local i
+  for i in $(seq 500); do grep -q "was lost" "$RIG/ct.err" && break; sleep 0.01; done
+  assertContains "$(cat "$RIG/ct.err")" "uuidlock: lock on $C1/f$SFX was lost"
+  touch "$RIG/go"; wait "$ct"
+}
+
 # A process waiting for its turn while this host holds the sidecar and lets
 # its holders finish (two shared holders, another host asked for a turn):
 # when the sidecar is lost meanwhile, the waiter gets its answer (try again)

@@ -159,17 +159,18 @@ static const char *next_line(const char *line)
 	return nl == NULL || nl[1] == '\0' ? NULL : nl + 1;
 }
 
-/* Marks in found[] the files of want[missing[...]] that fdinfo text names
- * in one of its "lock:\t1: FLOCK  ADVISORY  WRITE 0 fe:00:123 0 EOF" lines. */
-static void match_fdinfo(const char *text, const struct proclock *want, const size_t *missing, size_t nmissing,
-			 bool *found)
+/* Sets found[k] to pid for the files of want[missing[k]] that fdinfo text
+ * names in one of its "lock:\t1: FLOCK  ADVISORY  WRITE 0 fe:00:123 0 EOF" lines. */
+static void match_fdinfo(const char *text, long pid, const struct proclock *want, const size_t *missing,
+			 size_t nmissing, long *found)
 {
 	for (const char *line = text; line != NULL; line = next_line(line)) {
 		struct proclock lock;
 		if (strncmp(line, "lock:", 5) != 0 || !parse_line(line + 5, &lock))
 			continue;
 		for (size_t k = 0; k < nmissing; k++)
-			found[k] |= want[missing[k]].dev == lock.dev && want[missing[k]].ino == lock.ino;
+			if (want[missing[k]].dev == lock.dev && want[missing[k]].ino == lock.ino)
+				found[k] = pid;
 	}
 }
 
@@ -189,7 +190,7 @@ static int unless_gone(int err)
 /* Reads every fdinfo file of process pid into match_fdinfo.  Its first 4 kB
  * are enough: all of its lock lines are on the descriptor's one file. */
 static int scan_process(const char *pid, const struct proclock *want, const size_t *missing, size_t nmissing,
-			bool *found)
+			long *found)
 {
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%s/fdinfo", pid);
@@ -212,13 +213,13 @@ static int scan_process(const char *pid, const struct proclock *want, const size
 		if (n <= 0)
 			continue;
 		text[n] = '\0';
-		match_fdinfo(text, want, missing, nmissing, found);
+		match_fdinfo(text, atol(pid), want, missing, nmissing, found);
 	}
 	closedir(dir);
 	return err;
 }
 
-static bool all_found(const bool *found, size_t n)
+static bool all_found(const long *found, size_t n)
 {
 	for (size_t k = 0; k < n; k++)
 		if (!found[k])
@@ -228,7 +229,7 @@ static bool all_found(const bool *found, size_t n)
 
 /* Appends a line with no nameable owner for each file found, keeping p sorted. */
 static int add_found(struct proclocks *p, const struct proclock *want, const size_t *missing, size_t nmissing,
-		     const bool *found)
+		     const long *found)
 {
 	struct proclock *bigger = realloc(p->locks, (p->n + nmissing + 1) * sizeof *bigger);
 	if (bigger == NULL)
@@ -236,7 +237,9 @@ static int add_found(struct proclocks *p, const struct proclock *want, const siz
 	p->locks = bigger;
 	for (size_t k = 0; k < nmissing; k++)
 		if (found[k])
-			p->locks[p->n++] = (struct proclock){ .dev = want[missing[k]].dev, .ino = want[missing[k]].ino, .pid = -1 };
+			p->locks[p->n++] = (struct proclock){
+				.dev = want[missing[k]].dev, .ino = want[missing[k]].ino, .pid = -1, .seen_in = found[k]
+			};
 	qsort(p->locks, p->n, sizeof *p->locks, by_file);
 	return 0;
 }
@@ -250,7 +253,7 @@ int proclocks_add_unlisted(struct proclocks *p, const struct proclock *want, siz
 	DIR *procs = opendir("/proc");
 	if (procs == NULL)
 		return errno;
-	bool found[nmissing];
+	long found[nmissing]; /* a process holding it, 0: none found */
 	memset(found, 0, sizeof found);
 	int err = 0;
 	for (struct dirent *d; err == 0 && !all_found(found, nmissing) && (d = readdir(procs)) != NULL;) {

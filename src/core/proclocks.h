@@ -14,6 +14,7 @@
 struct proclock {
 	uint64_t dev, ino;
 	long pid;
+	long seen_in; /* a line proclocks_add_unlisted added: a process holding it */
 };
 
 /* The granted locks, sorted by file, so that a check of many held files
@@ -38,7 +39,7 @@ void proclocks_free(struct proclocks *p);
  * descriptor of the processes we can see, whoever took them.  For each of
  * the files want[0..nwant) (dev, ino; pid ignored) that has no line in p,
  * adds one line with pid -1 (no owner we can name) if a descriptor of a
- * process of uid holds a lock on it.  Returns 0, or an errno (p unchanged
+ * process of uid holds a lock on it; seen_in names that process.  Returns 0, or an errno (p unchanged
  * then: the caller must not take "unlisted" for "free"). */
 int proclocks_add_unlisted(struct proclocks *p, const struct proclock *want, size_t nwant, uid_t uid);
 

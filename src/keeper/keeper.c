@@ -562,10 +562,11 @@ static void tell_holders(const struct entry *e, const char *msg)
 		return;
 	const struct proclock *lock;
 	for (struct sweep s = sweep(e, &now); (lock = sweep_next(&s)) != NULL;) {
-		if (lock->pid <= 0)
+		long pid = lock->pid > 0 ? lock->pid : lock->seen_in;
+		if (pid <= 0)
 			continue;
 		char path[64];
-		snprintf(path, sizeof path, "/proc/%ld/fd/2", lock->pid);
+		snprintf(path, sizeof path, "/proc/%ld/fd/2", pid);
 		int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
 		if (fd >= 0) {
 			dprintf(fd, "uuidlock: %s\n", msg);
