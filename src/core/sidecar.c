@@ -22,13 +22,19 @@
  * Crashes.  A sidecar outlives its holder, so it says who holds it (host
  * identity, keeper pid and start time) and carries a heartbeat that the
  * holder's keeper rewrites every lease/3.  A waiter breaks a sidecar
- *   - at once when its holder is on the same host and that keeper is dead;
+ *   - at once when its holder is on the same host and that keeper is dead,
+ *     or in a pid namespace of this machine with no process left (the
+ *     keeper decides that, where it sees every process);
  *   - when it has itself watched the content stay unchanged for a lease, on
  *     its own monotonic clock (never comparing clocks across hosts);
  *   - if foreign (no heartbeat), only after UUIDLOCK_FOREIGN_STALE, if set.
  * Breaking only deletes; holding still takes the create and the verify.
- * A holder that finds someone else's token at its heartbeat lost the lock
- * and says so; it never deletes what isn't its own.
+ * The heartbeat reads the name (our token must still be there) and writes
+ * through the create's descriptor where it was kept, which a share may let
+ * write when it refuses a reopen.  A holder that finds someone else's token
+ * (or none) at its heartbeat lost the lock and says so, as one whose
+ * heartbeat keeps failing (the keeper decides when); it never deletes what
+ * isn't its own.
  *
  * Fairness.  A host holds the sidecar while any of its processes holds a
  * lock, and its processes hand the kernel lock to each other directly: under
