@@ -6,9 +6,10 @@
  *   - a shim that took a kernel lock asks for F (KEEPER_ACQUIRE); the keeper
  *     answers at once if the host already holds F, else it runs the sidecar
  *     protocol (create, verify delay, re-read, retry) and answers when held;
- *   - when no lock on F is left in /proc/locks -- checked every retry interval
- *     and at once when a shim reports an unlock or close (KEEPER_CHECK) -- it
- *     releases the sidecar.  So a lock that outlives the process that took it
+ *   - when no lock on F is left in /proc/locks (and, where /proc can't name
+ *     every pid, in our processes' fdinfo: see load_locks) -- checked every
+ *     retry interval and at once when a shim reports an unlock or close
+ *     (KEEPER_CHECK) -- it releases the sidecar.  So a lock that outlives the process that took it
  *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
  *     holders all died loses it, without any code running in them.
  * One keeper per runtime directory (per user), started on demand by the shim,
