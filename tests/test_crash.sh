@@ -249,6 +249,23 @@ test_stalled_breaker_never_takes_a_new_holders_sidecar() {
   assertEquals "never two holders" "" "$(cat "$RIG/verdict" 2>/dev/null)"
   assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "moved a live sidecar aside (the move landed late): put it back"
   assertEquals "nothing left aside" "$RIG/srv/f$SFX.stale.*" "$(echo "$RIG/srv/f$SFX".stale.*)"
+# A container killed as a whole (its init ended) takes its keeper with it,
+# before it could release.  A keeper that sees every process of the machine
+# knows that nothing lives in that pid namespace any more: no lease to wait.
+test_a_container_killed_as_a_whole_frees_its_lock_at_once() {
+  # (A check a second: the keeper must not notice the lock end in the instant before it dies.)
+  UUIDLOCK_LEASE=30 UUIDLOCK_RETRY_INTERVAL=1 container "$LOCKDRV" open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/never" >/dev/null &
+  local ct=$!
+  held
+  # unshare (the job's child) with --kill-child: its end kills the container's init, and so all of it
+  kill -KILL "$(pgrep -P "$ct" unshare)"; wait "$ct" 2>/dev/null
+  assertTrue "its sidecar is left behind" "[ -e '$RIG/srv/f$SFX' ]"
+  local t0=$EPOCHREALTIME
+  UUIDLOCK_LEASE=30 shimmed flock -w 10 -E 75 "$C2/f" true
+  assertEquals "a client outside gets in" 0 $?
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s, the lease is 30 s" "between $took 0 5"
+  assertContains "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "on this machine is gone"
 }
 
 # A holder whose sidecar is taken over (or deleted) says so on its stderr,
@@ -262,6 +279,70 @@ test_lost_lock_is_reported_and_the_new_sidecar_kept() {
   assertContains "$(cat "$RIG/hold.err")" "uuidlock: lock on $C1/f$SFX was lost"
   touch "$RIG/go"; wait "$HOLDER"
   assertEquals "the new holder's sidecar is untouched" "new-holder" "$(cat "$RIG/srv/f$SFX")"
+}
+
+# In a container (its own /proc) /proc/locks leaves out a lock whose taker
+# exited: flock(1) in `( flock -x 9; ... ) 9>f`.  The subshell still holds
+# it, so another host must stay out until it ends (the keeper finds the lock
+# in the subshell's fdinfo).  The container waits for the sidecar to go
+# before it ends: its end would kill its keeper.
+test_container_lock_outliving_its_taker_keeps_other_hosts_out() {
+  container bash -c '( flock -x 9 && touch "$1/held" && until [ -e "$1/go" ]; do sleep 0.01; done ) 9>"$2/f"
+    for i in $(seq 1000); do [ -e "$3" ] || exit 0; sleep 0.01; done; exit 1' \
+    sh "$RIG" "$C1" "$RIG/srv/f$SFX" 2>"$RIG/ct.err" &
+  local ct=$!
+  held
+  other_host flock -w 1 -E 75 "$C2/f" true
+  assertEquals "another host stays out while the subshell holds the lock" 75 $?
+  touch "$RIG/go"; wait "$ct"
+  assertEquals "the container's keeper released: $(cat "$RIG/ct.err")" 0 $?
+  other_host flock -w 10 -E 75 "$C2/f" true
+  assertEquals "and gets in once the subshell is gone" 0 $?
+}
+
+# The same lock lost (its sidecar deleted): the subshell still holding it is
+# told, though /proc/locks doesn't name it.
+test_container_lock_outliving_its_taker_is_told_when_lost() {
+  UUIDLOCK_LEASE=0.3 container bash -c '( flock -x 9 && touch "$1/held" && until [ -e "$1/go" ]; do sleep 0.01; done ) 9>"$2/f"' \
+    sh "$RIG" "$C1" 2>"$RIG/ct.err" &
+  local ct=$!
+  held
+  rm "$RIG/srv/f$SFX"
+  local i
+  for i in $(seq 500); do grep -q "was lost" "$RIG/ct.err" && break; sleep 0.01; done
+  assertContains "$(cat "$RIG/ct.err")" "uuidlock: lock on $C1/f$SFX was lost"
+  touch "$RIG/go"; wait "$ct"
+}
+
+# A process waiting for its turn while this host holds the sidecar and lets
+# its holders finish (two shared holders, another host asked for a turn):
+# when the sidecar is lost meanwhile, the waiter gets its answer (try again)
+# and the keeper forgets the entry without reading it after it is freed
+# (the sanitizer run checks).  Only a request sent just after a yield
+# reaches that moment in a lock call: wait_turn.py sends it at will.
+test_lost_sidecar_answers_a_process_waiting_for_its_turn() {
+  local -x UUIDLOCK_LEASE=1.5 UUIDLOCK_LOG=info
+  hold open:5:"$C1/f" sh:5 touch:"$RIG/held" wait:"$RIG/go" un:5
+  held
+  local t0=$EPOCHREALTIME
+  other_host flock -w 20 "$C2/f" true &
+  local w=$!
+  wait_for_file "$RIG/srv/f$SFX.want" || fail "the other host never asked for a turn"
+  until between "$(elapsed_since "$t0")" 0.1 1e9; do sleep 0.01; done # the turn (0.04 s) is over
+  shimmed "$LOCKDRV" open:5:"$C1/f" sh:5 touch:"$RIG/b_held" wait:"$RIG/go" un:5 >"$RIG/b.out" 2>"$RIG/b.err" &
+  local b=$!
+  wait_for_file "$RIG/b_held" || fail "B never locked"
+  assertContains "this host lets its holders finish" "$(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")" "giving it up after the local holders"
+  python3 "$TOP/tests/wait_turn.py" "$UUIDLOCK_RUNTIME_DIR" "$C1/f$SFX" "$RIG/sent" >"$RIG/turn.out" &
+  local t=$!
+  wait_for_file "$RIG/sent" || fail "wait_turn.py never asked"
+  rm "$RIG/srv/f$SFX"
+  wait "$t"
+  assertEquals "the waiter is answered" DONE "$(cat "$RIG/turn.out")"
+  assertContains "$(cat "$RIG/b.err")" "uuidlock: lock on $C1/f$SFX was lost"
+  touch "$RIG/go"; wait "$HOLDER" "$b"
+  wait "$w"
+  assertEquals "the other host got in" 0 $?
 }
 
 # Many trials of several keepers breaking one stale sidecar at once: never
@@ -350,6 +431,50 @@ test_torture_random_kills() {
 mount_extra_client() { # OPTIONS SRC DST
   mkdir -p "$3" && bindfs -o "entry_timeout=0,attr_timeout=0,negative_timeout=0${1:+,$1}" "$2" "$3" \
     2>>"$RIG/extra-mount.err" && EXTRA_MOUNTS+=("$3")
+}
+
+# A multi-user share (sshfs with allow_other, as a non-root user): the
+# sidecar a user creates appears owned by the server's account, so the user
+# can create it but not reopen it for writing.  Here: bindfs that gives root
+# every file created through it, and the holder runs as nobody.
+mount_multi_user_client() { # -> $RIG/mu, with the directory mu/ writable by all
+  chmod 0755 "$RIG" && mkdir -m 0777 "$RIG/srv/mu" "$RIG/nob" && mkdir -m 0700 "$RIG/run-nobody" &&
+    chown nobody "$RIG/run-nobody" || return 1
+  : >"$RIG/nob/hold.err" && chmod 0666 "$RIG/nob/hold.err" # the keeper (nobody) writes to it
+  mount_extra_client create-for-user=root,create-for-group=root "$RIG/srv" "$RIG/mu"
+}
+# hold_as_nobody STEP...: hold, as user nobody, on the multi-user client.
+hold_as_nobody() {
+  setpriv --reuid=nobody --regid=nogroup --clear-groups env UUIDLOCK_RUNTIME_DIR="$RIG/run-nobody" \
+    UUIDLOCK_PATHS="$RIG/mu" LD_PRELOAD="$SHIM_PRELOAD" "$LOCKDRV" "$@" >"$RIG/nob/hold.out" 2>>"$RIG/nob/hold.err" &
+  HOLDER=$!
+}
+heartbeat_of() { sed -n 's/^heartbeat=//p' "$1"; }
+
+test_heartbeat_goes_on_where_the_sidecar_cant_be_reopened() {
+  mount_multi_user_client || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  UUIDLOCK_LEASE=0.6 hold_as_nobody open:5:"$RIG/mu/mu/f" ex:5 touch:"$RIG/nob/held" wait:"$RIG/nob/go" un:5
+  wait_for_file "$RIG/nob/held" || fail "holder never locked: $(cat "$RIG/nob/hold.out" "$RIG/nob/hold.err")"
+  UUIDLOCK_LEASE=0.6 other_host flock -w 2 -E 75 "$C2/mu/f" true
+  assertEquals "three leases later the other host still waits" 75 $?
+  assertNotEquals "the heartbeat moved" 00000000000000000 "$(heartbeat_of "$RIG/srv/mu/f$SFX")"
+  touch "$RIG/nob/go"; wait "$HOLDER"
+  assertNotContains "$(cat "$RIG/nob/hold.err")" "lost"
+}
+
+# Without a descriptor to spare (a keeper started with few), the heartbeat
+# reopens the sidecar, which fails every time: the lock is lost, and the
+# holder is told before another host can break it.
+test_heartbeat_that_keeps_failing_is_a_lost_lock() {
+  mount_multi_user_client || fail "cannot mount: $(cat "$RIG/extra-mount.err")"
+  (ulimit -n 32; UUIDLOCK_LEASE=0.6 hold_as_nobody open:5:"$RIG/mu/mu/f" ex:5 touch:"$RIG/nob/held" \
+    wait:"$RIG/nob/go" un:5; wait "$HOLDER") &
+  HOLDER=$!
+  wait_for_file "$RIG/nob/held" || fail "holder never locked: $(cat "$RIG/nob/hold.out" "$RIG/nob/hold.err")"
+  local i
+  for i in $(seq 500); do grep -q "was lost" "$RIG/nob/hold.err" && break; sleep 0.01; done
+  assertContains "$(cat "$RIG/nob/hold.err")" "uuidlock: lock on $RIG/mu/mu/f$SFX was lost: its heartbeat failed"
+  touch "$RIG/nob/go"; wait "$HOLDER"
 }
 
 test_read_only_share_fails_loudly() {

@@ -3,6 +3,7 @@
 #include "sidecar.h" /* sidecar_read_head */
 #include "sys.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -25,6 +26,43 @@ void host_identity(char *out, size_t cap)
 	if (stat("/proc/self/ns/pid", &ns) != 0)
 		ns.st_ino = 0;
 	snprintf(out, cap, "%s/%llu", boot_id, (unsigned long long)ns.st_ino);
+}
+
+unsigned long long host_id_other_pid_namespace(const char *theirs, const char *ours)
+{
+	const char *t = strchr(theirs, '/'), *o = strchr(ours, '/');
+	if (t == NULL || o == NULL || t - theirs != o - ours || memcmp(theirs, ours, (size_t)(t - theirs)) != 0)
+		return 0; /* another machine, or another boot */
+	char *t_end, *o_end;
+	unsigned long long t_ns = strtoull(t + 1, &t_end, 10), o_ns = strtoull(o + 1, &o_end, 10);
+	if (t_end == t + 1 || t_ns == o_ns || strcmp(t_end, o_end) != 0)
+		return 0;
+	return t_ns;
+}
+
+bool pid_namespace_empty(unsigned long long ino)
+{
+	if (ino == PROC_PID_INIT_INO)
+		return false; /* never: its init is the machine's */
+	DIR *procs = opendir("/proc");
+	if (procs == NULL)
+		return false;
+	bool empty = true;
+	for (struct dirent *d; empty && (d = readdir(procs)) != NULL;) {
+		/* Pid 1 of the initial namespace's /proc is the machine's init, a
+		 * member of the initial namespace only (and often not ours to look at). */
+		if (d->d_name[0] < '0' || d->d_name[0] > '9' || strcmp(d->d_name, "1") == 0)
+			continue;
+		char path[300];
+		snprintf(path, sizeof path, "/proc/%s/ns/pid", d->d_name);
+		struct stat ns;
+		if (stat(path, &ns) == 0)
+			empty = ns.st_ino != ino || process_start_time((pid_t)atol(d->d_name)) == 0; /* a zombie */
+		else if (errno != ENOENT && errno != ESRCH)
+			empty = false; /* a process we may not look at could live there */
+	}
+	closedir(procs);
+	return empty;
 }
 
 unsigned long long process_start_time(pid_t pid)

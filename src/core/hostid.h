@@ -12,12 +12,25 @@
 #define KEEPER_ID_MAX 33 /* 32 hex digits */
 #define KEEPER_REGISTRY_NAME "keepers"
 #define KEEPER_REGISTRY_KEEP 32 /* ids remembered; older ones just lose the fast break */
+#define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode (linux/proc_ns.h) */
 
 /* "<boot id>/<pid namespace inode>": hostnames are shared by containers and
  * often "localhost"; a boot id is unique per machine and boot, and the pid
  * namespace tells containers of one machine apart (their pids are not
  * comparable, so neither are their liveness checks). */
 void host_identity(char *out, size_t cap);
+
+/* The pid namespace of another host identity on this machine: its inode,
+ * if `theirs` differs from `ours` only in the namespace field (the second,
+ * after the first '/'); else 0. */
+unsigned long long host_id_other_pid_namespace(const char *theirs, const char *ours);
+
+/* True if no process in /proc is a member of pid namespace ino: every one
+ * of them could be checked, and none is.  Then a keeper that lived there is
+ * dead (a namespace whose init ended, a container, lost all its processes).
+ * Only proof where /proc is the initial namespace's (it shows every process
+ * of the machine).  An inode reused by a new namespace reads as alive. */
+bool pid_namespace_empty(unsigned long long ino);
 
 /* The start time of pid (clock ticks since boot, field 22 of
  * /proc/PID/stat; pid 0 = this process), or 0 if there is no such process

@@ -23,7 +23,9 @@
  * identity, keeper pid and start time, keeper id and runtime directory) and
  * carries a heartbeat that the holder's keeper rewrites every lease/3.  A
  * waiter breaks a sidecar
- *   - at once when it has proof that nobody holds it (below);
+ *   - at once when it has proof that nobody holds it (below), or when its
+ *     holder is in a pid namespace of this machine with no process left (the
+ *     keeper decides that, where it sees every process);
  *   - when it has itself watched the content stay unchanged for a lease, on
  *     its own monotonic clock (never comparing clocks across hosts) -- this
  *     includes a half-written sidecar of ours (empty, or cut off before its
@@ -31,8 +33,12 @@
  *     which no heartbeat will ever move;
  *   - if foreign (no heartbeat), only after UUIDLOCK_FOREIGN_STALE, if set.
  * Breaking only takes away; holding still takes the create and the verify.
- * A holder that finds someone else's token at its heartbeat lost the lock
- * and says so; it never deletes what isn't its own.
+ * The heartbeat reads the name (our token must still be there) and writes
+ * through the create's descriptor where it was kept, which a share may let
+ * write when it refuses a reopen.  A holder that finds someone else's token
+ * (or none) at its heartbeat lost the lock and says so, as one whose
+ * heartbeat keeps failing (the keeper decides when); it never deletes what
+ * isn't its own.
  *
  * Who may break at once.  Only a verdict that can't be wrong, never a pid
  * lookup: machines cloned from one snapshot share the boot id and the
@@ -97,6 +103,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,8 +134,32 @@ static int write_all(int fd, const char *buf, size_t len)
 
 #define CREATE_FLAGS (O_WRONLY | O_CREAT | O_EXCL | O_DSYNC | O_NOFOLLOW | O_CLOEXEC)
 
-int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *who)
+/* The create's descriptor is kept for the heartbeat: on a multi-user share
+ * the sidecar may appear owned by the server's account, and a reopen for
+ * writing fails (EACCES) where the create's descriptor still writes.  One
+ * descriptor per held sidecar, as long as the process has plenty to spare:
+ * beyond that the heartbeat reopens by name, as it must without one. */
+static bool may_keep_descriptor(int fd)
 {
+	struct rlimit lim;
+	if (getrlimit(RLIMIT_NOFILE, &lim) != 0)
+		return false;
+	if (lim.rlim_cur == RLIM_INFINITY)
+		return true;
+	rlim_t spare = lim.rlim_cur / 8 > 32 ? lim.rlim_cur / 8 : 32;
+	return (rlim_t)fd + spare < lim.rlim_cur;
+}
+
+void sidecar_forget(struct sidecar_hold *h)
+{
+	if (h->fd >= 0)
+		sys_close(h->fd);
+	h->fd = -1;
+}
+
+int sidecar_create(struct sidecar_hold *h, const struct sidecar_holder *who)
+{
+	h->fd = -1;
 	int fd = open(h->path, CREATE_FLAGS, 0644);
 	if (fd < 0) {
 		int err = errno;
@@ -159,6 +190,10 @@ int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *wh
 			   HEARTBEAT_DIGITS, 0);
 
 	int err = write_all(fd, content, (size_t)len); /* synchronous: O_DSYNC */
+	if (err == 0 && may_keep_descriptor(fd)) {
+		h->fd = fd;
+		return 0;
+	}
 	if (sys_close(fd) != 0 && err == 0)
 		err = errno;
 	if (err != 0) {
@@ -209,17 +244,17 @@ int sidecar_verify(const struct sidecar_hold *h)
 	return token_matches(head, (size_t)n, h->token) ? 0 : EEXIST;
 }
 
-int sidecar_release(const struct sidecar_hold *h)
+int sidecar_release(struct sidecar_hold *h)
 {
 	int err = sidecar_verify(h);
-	if (err != 0)
-		return err;
 	/* Between our re-read and the unlink another client could only have
 	 * replaced the file by deleting ours first, which the protocol forbids
 	 * while our token is in it. */
-	if (unlink(h->path) != 0)
-		return errno;
-	return 0;
+	if (err == 0 && unlink(h->path) != 0)
+		err = errno;
+	if (err == 0 || err == EEXIST || err == ENOENT)
+		sidecar_forget(h);
+	return err;
 }
 
 static void want_path(const char *sidecar, char *out, size_t cap)
@@ -259,7 +294,26 @@ static bool token_matches(const char *head, size_t len, const char *token)
 	return first_line == token_len && len >= token_len && memcmp(head, token, token_len) == 0;
 }
 
-int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat)
+/* Writes beat into the heartbeat field of head (what the sidecar holds, read
+ * just now) through fd, if head is ours.  0, EEXIST, or the write's errno. */
+static int write_beat(int fd, const char *head, size_t n, const char *token, unsigned long long beat)
+{
+	const char *field = strstr(head, "\nheartbeat=");
+	if (!token_matches(head, n, token) || field == NULL)
+		return EEXIST;
+	char digits[HEARTBEAT_DIGITS + 1];
+	snprintf(digits, sizeof digits, "%0*llu", HEARTBEAT_DIGITS, beat % 100000000000000000ULL);
+	off_t at = (off_t)(field - head) + (off_t)strlen("\nheartbeat=");
+	errno = 0;
+	if (pwrite(fd, digits, HEARTBEAT_DIGITS, at) != HEARTBEAT_DIGITS)
+		return errno ? errno : EIO;
+	return 0;
+}
+
+/* Without the create's descriptor: the check and the write go through one
+ * descriptor opened by name, so whatever was created at this path since,
+ * we can only ever write into our own. */
+static int heartbeat_by_name(const struct sidecar_hold *h, unsigned long long beat)
 {
 	int fd = open(h->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
@@ -269,22 +323,26 @@ int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat)
 	int err = n < 0 ? errno : 0;
 	if (err == 0) {
 		head[n] = '\0';
-		/* The check and the write go through one descriptor: whatever was
-		 * created at this path since, we can only ever write into our own. */
-		const char *field = strstr(head, "\nheartbeat=");
-		if (!token_matches(head, (size_t)n, h->token) || field == NULL) {
-			err = EEXIST;
-		} else {
-			char digits[HEARTBEAT_DIGITS + 1];
-			snprintf(digits, sizeof digits, "%0*llu", HEARTBEAT_DIGITS, beat % 100000000000000000ULL);
-			off_t at = (off_t)(field - head) + (off_t)strlen("\nheartbeat=");
-			if (pwrite(fd, digits, HEARTBEAT_DIGITS, at) != HEARTBEAT_DIGITS)
-				err = errno ? errno : EIO;
-		}
+		err = write_beat(fd, head, (size_t)n, h->token, beat);
 	}
 	if (sys_close(fd) != 0 && err == 0)
 		err = errno;
 	return err;
+}
+
+int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat)
+{
+	if (h->fd < 0)
+		return heartbeat_by_name(h, beat);
+	/* The name must still hold our token (a deleted or replaced sidecar is a
+	 * lost lock, and the create's descriptor would still read our file); the
+	 * write goes through the create's descriptor, so whatever the name leads
+	 * to by the time it lands, it lands in our own file. */
+	char head[SIDECAR_HEAD_MAX];
+	ssize_t n = sidecar_read_head(h->path, head, sizeof head);
+	if (n < 0)
+		return (int)-n;
+	return write_beat(h->fd, head, (size_t)n, h->token, beat);
 }
 
 bool sidecar_field(const char *head, size_t len, const char *key, char *out, size_t cap)
@@ -444,6 +502,7 @@ int sidecar_break(const char *path, const char *judged, size_t judged_len, struc
 	else
 		err = move_aside_and_check(path, judged, judged_len, guard->token);
 	sidecar_release(guard);
+	sidecar_forget(guard); /* even if the guard couldn't be released */
 	return err;
 }
 

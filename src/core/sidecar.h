@@ -20,6 +20,7 @@
 struct sidecar_hold {
 	char path[PATH_MAX];
 	char token[SIDECAR_TOKEN_MAX]; /* prefix + fresh UUID */
+	int fd; /* the create's descriptor, kept for the heartbeat; -1: none */
 };
 
 /* Who holds a sidecar, written after the token as key=value lines. */
@@ -57,8 +58,12 @@ void sidecar_new_token(struct sidecar_hold *h, const char *prefix);
 
 /* Step 1: create the sidecar exclusively and write token and holder.
  * Returns 0 when we created it, EEXIST when it exists (held by someone),
- * any other errno when the share refuses. */
-int sidecar_create(const struct sidecar_hold *h, const struct sidecar_holder *who);
+ * any other errno when the share refuses.  Sets h->fd: the create's
+ * descriptor while the process has descriptors to spare, else -1. */
+int sidecar_create(struct sidecar_hold *h, const struct sidecar_holder *who);
+
+/* Closes the create's descriptor, if kept: the hold is over or given up. */
+void sidecar_forget(struct sidecar_hold *h);
 
 /* Step 2, after the verification delay: 0 when the sidecar still starts with
  * our token; EEXIST when someone else's content is there; ENOENT when it
@@ -67,12 +72,15 @@ int sidecar_verify(const struct sidecar_hold *h);
 
 /* Release: unlink only if the sidecar still holds our token.  Returns 0 when
  * released, EEXIST when it is someone else's now (our hold was lost),
- * ENOENT when it was already gone, another errno on failure. */
-int sidecar_release(const struct sidecar_hold *h);
+ * ENOENT when it was already gone, another errno on failure (then the hold
+ * and its descriptor are kept). */
+int sidecar_release(struct sidecar_hold *h);
 
-/* Heartbeat: rewrites the heartbeat field of our sidecar in place, through
- * a descriptor on which we first checked that the file is still ours.
- * Returns 0, EEXIST when it is someone else's now, ENOENT when gone. */
+/* Heartbeat: rewrites the heartbeat field of our sidecar in place, once the
+ * name is checked to still hold our token, through the create's descriptor
+ * (or, without one, a descriptor opened by name and checked itself).
+ * Returns 0, EEXIST when it is someone else's now, ENOENT when gone,
+ * another errno when it can't be read or written. */
 int sidecar_heartbeat(const struct sidecar_hold *h, unsigned long long beat);
 
 /* Finds "key=" at the start of a line in head[0..len) (any bytes) and copies

@@ -6,9 +6,10 @@
  *   - a shim that took a kernel lock asks for F (KEEPER_ACQUIRE); the keeper
  *     answers at once if the host already holds F, else it runs the sidecar
  *     protocol (create, verify delay, re-read, retry) and answers when held;
- *   - when no lock on F is left in /proc/locks -- checked every retry interval
- *     and at once when a shim reports an unlock or close (KEEPER_CHECK) -- it
- *     releases the sidecar.  So a lock that outlives the process that took it
+ *   - when no lock on F is left in /proc/locks (and, where /proc can't name
+ *     every pid, in our processes' fdinfo: see load_locks) -- checked every
+ *     retry interval and at once when a shim reports an unlock or close
+ *     (KEEPER_CHECK) -- it releases the sidecar.  So a lock that outlives the process that took it
  *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
  *     holders all died loses it, without any code running in them.
  * One keeper per runtime directory (per user), started on demand by the shim,
@@ -128,9 +129,10 @@ struct entry {
 	size_t file_len; /* the locked file's path: hold.path's first file_len bytes */
 	int64_t retry_ns, verify_ns, foreign_stale_ns;
 	struct sidecar_holder holder;
-	/* HELD: the heartbeat */
+	/* HELD: the heartbeat, and how many beats in a row failed */
 	int64_t next_beat;
 	unsigned long long beats;
+	unsigned failed_beats;
 	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
 	 * and since when, on our monotonic clock.  Allocated when first needed
 	 * and freed once held: a host holding many sidecars doesn't carry them. */
@@ -159,10 +161,15 @@ static struct sidecar_holder me; /* host identity and keeper pid, for every side
 /* False when /proc belongs to another pid namespace than ours: its pids
  * can't be compared with our clients', so any lock on a file counts. */
 static bool pids_comparable;
-/* Idle holds are kept only where the keeper can outlive its clients: see
- * in_initial_pid_namespace. */
+/* Idle holds are kept only where the keeper can outlive its clients: one
+ * in a pid namespace other than the initial one (a container) is killed,
+ * without a chance to release, the moment the namespace's init exits, and
+ * an idle hold there would cost every other host a lease. */
 static bool may_linger;
-#define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode, fixed by the kernel */
+/* False when /proc is not the initial pid namespace's: its /proc/locks then
+ * leaves out locks whose owner pid it can't name (a flock whose taker
+ * exited), and a held file with no line must be looked for in fdinfo. */
+static bool proc_lists_every_lock;
 static struct conn *conns;
 static int listen_fd = -1;
 static volatile sig_atomic_t stop_requested;
@@ -235,8 +242,27 @@ static void forget_observations(struct entry *e)
 	e->seen = e->guard_seen = NULL;
 }
 
+/* Nothing may point at a freed entry, so its last waiters are answered now:
+ * one waiting for a turn may start its lock call over (a new entry), one
+ * still waiting for the sidecar fails.  Callers answer the waiters they
+ * have an answer for first; this catches the rest (a turn waiter when a
+ * held sidecar is lost). */
+static void answer_remaining_waiters(struct entry *e)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (c->entry != e)
+			continue;
+		if (c->turn_only)
+			reply(c, KEEPER_DONE, 0, NULL);
+		else
+			reply(c, KEEPER_FAILED, ENOLCK, "the keeper gave up %s", e->hold.path);
+	}
+}
+
 static void free_entry(struct entry *e)
 {
+	answer_remaining_waiters(e);
 	for (struct entry **p = &entries; *p != NULL; p = &(*p)->next)
 		if (*p == e) {
 			*p = e->next;
@@ -244,6 +270,7 @@ static void free_entry(struct entry *e)
 		}
 	if (e->said_want)
 		sidecar_unwant(e->hold.path);
+	sidecar_forget(&e->hold);
 	forget_observations(e);
 	free(e->requesters);
 	free(e);
@@ -332,6 +359,22 @@ static bool holds_token(const char *head, size_t len)
 	return false;
 }
 
+/* Has pid namespace ns no process left?  Each answer is a scan of every
+ * process of the machine: one that found it alive holds for a second. */
+static bool pid_namespace_gone(unsigned long long ns)
+{
+	static unsigned long long alive_ns;
+	static int64_t alive_at;
+	int64_t now = mono_ns();
+	if (ns == alive_ns && now - alive_at < NS_PER_SEC)
+		return false;
+	if (pid_namespace_empty(ns))
+		return true;
+	alive_ns = ns;
+	alive_at = now;
+	return false;
+}
+
 /* Why a sidecar (or guard) that has stayed as it is for `quiet` ns may be
  * broken, or NULL while it must be respected.  The fast verdicts need
  * proof (see sidecar.c, "Who may break at once"), never a pid lookup. */
@@ -347,6 +390,16 @@ static const char *stale_reason(const struct entry *e, const char *head, size_t 
 	}
 	if (this_host && keeper_fate(info.keeper_dir, info.keeper_id) == KEEPER_DEAD) {
 		snprintf(why, cap, "its keeper (pid %ld) on this host is gone", info.keeper_pid);
+		return why;
+	}
+	/* A container's keeper dies with its pid namespace, before it can
+	 * release: where we see every process of the machine, a namespace with
+	 * none left holds nothing. */
+	unsigned long long ns = info.ours_format && proc_lists_every_lock
+					? host_id_other_pid_namespace(info.host_id, me.host_id)
+					: 0;
+	if (ns != 0 && pid_namespace_gone(ns)) {
+		snprintf(why, cap, "its pid namespace (%llu) on this machine is gone", ns);
 		return why;
 	}
 	/* Both leases count: a holder with a longer lease beats less often. */
@@ -558,6 +611,7 @@ static void step_verifying(struct entry *e, int64_t now)
 	int err = sidecar_verify(&e->hold);
 	if (err == EEXIST || err == ENOENT) {
 		log_warn("sidecar %s was taken over during verification", e->hold.path);
+		sidecar_forget(&e->hold);
 		return back_off(e, now);
 	}
 	if (err != 0)
@@ -667,16 +721,6 @@ static bool holds_sidecar(const struct entry *e)
 	return e->state == HELD || e->state == YIELDING || e->state == IDLE;
 }
 
-/* A keeper in a pid namespace other than the initial one (a container) is
- * killed, without a chance to release, the moment the namespace's init
- * exits: an idle hold there would cost every other host a lease.  False
- * also when /proc can't tell. */
-static bool in_initial_pid_namespace(void)
-{
-	struct stat ns;
-	return stat("/proc/self/ns/pid", &ns) == 0 && ns.st_ino == PROC_PID_INIT_INO;
-}
-
 /* Whether e is advanced by step() at e->next_step (else only by heartbeats,
  * checks and requests). */
 static bool has_steps(const struct entry *e)
@@ -684,33 +728,101 @@ static bool has_steps(const struct entry *e)
 	return !holds_sidecar(e) || e->state == IDLE;
 }
 
+/* ---- the sweep of /proc/locks ---------------------------------------- */
+
+/* The host's locks now: /proc/locks, and where it can leave locks out (see
+ * proclocks_add_unlisted) the held files' locks it left out, from fdinfo.
+ * Only a held file with no line at all costs that scan of our processes. */
+static int load_locks(struct proclocks *locks)
+{
+	int err = proclocks_load(locks);
+	if (err != 0 || proc_lists_every_lock)
+		return err;
+	size_t n = 0;
+	for (const struct entry *e = entries; e != NULL; e = e->next)
+		n += holds_sidecar(e) ? e->ninodes : 0;
+	struct proclock *want = malloc((n + 1) * sizeof *want);
+	if (want == NULL)
+		err = ENOMEM;
+	n = 0;
+	for (const struct entry *e = entries; want != NULL && e != NULL; e = e->next)
+		for (unsigned i = 0; holds_sidecar(e) && i < e->ninodes; i++)
+			want[n++] = (struct proclock){ .dev = e->inode[i].dev, .ino = e->inode[i].ino };
+	if (want != NULL)
+		err = proclocks_add_unlisted(locks, want, n, geteuid());
+	free(want);
+	if (err != 0)
+		proclocks_free(locks);
+	return err;
+}
+
+/* Walks the locks on every inode of one entry:
+ *   for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) */
+struct sweep {
+	const struct entry *e;
+	const struct proclocks *locks;
+	unsigned inode; /* the next inode to look up */
+	const struct proclock *at, *end;
+};
+
+static struct sweep sweep(const struct entry *e, const struct proclocks *locks)
+{
+	return (struct sweep){ .e = e, .locks = locks };
+}
+
+static const struct proclock *sweep_next(struct sweep *s)
+{
+	while (s->at == s->end) {
+		if (s->inode == s->e->ninodes)
+			return NULL;
+		size_t n;
+		s->at = proclocks_on(s->locks, s->e->inode[s->inode].dev, s->e->inode[s->inode].ino, &n);
+		s->end = s->at + n;
+		s->inode++;
+	}
+	return s->at++;
+}
+
 /* Tells every local process that holds a lock on e's file, on its stderr:
  * the keeper has no terminal of its own, and they are the ones at risk. */
 static void tell_holders(const struct entry *e, const char *msg)
 {
 	struct proclocks now;
-	if (proclocks_load(&now) != 0)
+	if (load_locks(&now) != 0)
 		return;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(&now, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			if (lock[j].pid <= 0)
-				continue;
-			char path[64];
-			snprintf(path, sizeof path, "/proc/%ld/fd/2", lock[j].pid);
-			int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
-			if (fd >= 0) {
-				dprintf(fd, "uuidlock: %s\n", msg);
-				sys_close(fd);
-			}
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, &now); (lock = sweep_next(&s)) != NULL;) {
+		long pid = lock->pid > 0 ? lock->pid : lock->seen_in;
+		if (pid <= 0)
+			continue;
+		char path[64];
+		snprintf(path, sizeof path, "/proc/%ld/fd/2", pid);
+		int fd = open(path, O_WRONLY | O_APPEND | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+		if (fd >= 0) {
+			dprintf(fd, "uuidlock: %s\n", msg);
+			sys_close(fd);
 		}
 	}
 	proclocks_free(&now);
 }
 
+/* How many heartbeats in a row may fail before the lock counts as lost:
+ * other hosts break it a lease (3 beats) after the last one that worked,
+ * so the holders hear of it a beat before that can happen. */
+#define MAX_FAILED_BEATS 2
+
+/* The lock is lost: say so to the log and to the local holders, and forget
+ * the entry (a new lock call competes for the sidecar from scratch). */
+static void lose(struct entry *e, const char *msg)
+{
+	log_error("%s", msg);
+	tell_holders(e, msg);
+	free_entry(e);
+}
+
 /* Refreshes a held sidecar's heartbeat; a sidecar that is not ours any more
- * means the lock was lost (broken after a long stall, deleted by hand). */
+ * means the lock was lost (broken after a long stall, deleted by hand), and
+ * so does a heartbeat that keeps failing: other hosts will break it. */
 static void heartbeat(struct entry *e, int64_t now)
 {
 	e->next_beat = now + e->holder.lease_ns / 3;
@@ -718,6 +830,7 @@ static void heartbeat(struct entry *e, int64_t now)
 	int err = sidecar_heartbeat(&e->hold, ++e->beats);
 	if (err == 0) {
 		e->written_at_boot = at;
+		e->failed_beats = 0;
 		return;
 	}
 	char msg[PATH_MAX + 128];
@@ -726,14 +839,15 @@ static void heartbeat(struct entry *e, int64_t now)
 			 err == ENOENT ? "deleted" : "taken over by another client");
 		if (e->state == IDLE) { /* nobody holds a lock on it: nobody to tell */
 			log_warn("%s (idle)", msg);
-		} else {
-			log_error("%s", msg);
-			tell_holders(e, msg);
+			return free_entry(e);
 		}
-		free_entry(e);
-		return;
+		return lose(e, msg);
 	}
-	log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
+	if (++e->failed_beats < MAX_FAILED_BEATS)
+		return log_error("cannot refresh the heartbeat of %s: %s", e->hold.path, strerror(err));
+	snprintf(msg, sizeof msg, "lock on %s was lost: its heartbeat failed %u times in a row (%s), "
+		 "so other clients will break it", e->hold.path, e->failed_beats, strerror(err));
+	lose(e, msg);
 }
 
 /* How long a host keeps the sidecar before it looks for other hosts' turn
@@ -903,6 +1017,7 @@ static void resume_idle_hold(struct entry *e, int64_t now)
 		if (err != 0) {
 			log_warn("idle hold on %s is no longer ours (%s): taking it again", e->hold.path,
 				 err == EEXIST ? "another client has it" : strerror(err));
+			sidecar_forget(&e->hold);
 			e->state = WAITING;
 			e->turn_since = 0;
 			e->waiting_since = now;
@@ -926,29 +1041,26 @@ static bool locked_locally(struct entry *e, const struct proclocks *locks)
 {
 	size_t kept = 0;
 	bool held = false;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			long pid = lock[j].pid;
-			if (pid < 0 || !pids_comparable) {
-				held = true;
-			} else if (find_requester(e, pid) != NULL) {
-				held = true;
-				for (size_t k = 0; k < kept; k++)
-					if (e->requesters[k].pid == pid)
-						goto next;
-				/* keep it: swap into the kept prefix */
-				for (size_t k = kept; k < e->nrequesters; k++)
-					if (e->requesters[k].pid == pid) {
-						struct requester r = e->requesters[k];
-						e->requesters[k] = e->requesters[kept];
-						e->requesters[kept++] = r;
-						break;
-					}
-			}
-		next:;
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) {
+		long pid = lock->pid;
+		if (pid < 0 || !pids_comparable) {
+			held = true;
+		} else if (find_requester(e, pid) != NULL) {
+			held = true;
+			for (size_t k = 0; k < kept; k++)
+				if (e->requesters[k].pid == pid)
+					goto next;
+			/* keep it: swap into the kept prefix */
+			for (size_t k = kept; k < e->nrequesters; k++)
+				if (e->requesters[k].pid == pid) {
+					struct requester r = e->requesters[k];
+					e->requesters[k] = e->requesters[kept];
+					e->requesters[kept++] = r;
+					break;
+				}
 		}
+	next:;
 	}
 	e->nrequesters = kept;
 	return held;
@@ -963,16 +1075,13 @@ enum holders { HOLDERS_NONE, HOLDERS_PENDING, HOLDERS_GRANTED, HOLDERS_UNKNOWN }
 static enum holders classify_holders(const struct entry *e, const struct proclocks *locks)
 {
 	enum holders worst = HOLDERS_NONE;
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		const struct proclock *lock = proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		for (size_t j = 0; j < n; j++) {
-			if (lock[j].pid < 0 || !pids_comparable)
-				return HOLDERS_UNKNOWN;
-			const struct requester *r = find_requester(e, lock[j].pid);
-			if (r != NULL)
-				worst = MAX(worst, r->granted ? HOLDERS_GRANTED : HOLDERS_PENDING);
-		}
+	const struct proclock *lock;
+	for (struct sweep s = sweep(e, locks); (lock = sweep_next(&s)) != NULL;) {
+		if (lock->pid < 0 || !pids_comparable)
+			return HOLDERS_UNKNOWN;
+		const struct requester *r = find_requester(e, lock->pid);
+		if (r != NULL)
+			worst = MAX(worst, r->granted ? HOLDERS_GRANTED : HOLDERS_PENDING);
 	}
 	return worst;
 }
@@ -1010,13 +1119,8 @@ static void finish_yielding(struct entry *e, const struct proclocks *locks, int6
 
 static bool any_lock_on(const struct entry *e, const struct proclocks *locks)
 {
-	for (unsigned i = 0; i < e->ninodes; i++) {
-		size_t n;
-		proclocks_on(locks, e->inode[i].dev, e->inode[i].ino, &n);
-		if (n > 0)
-			return true;
-	}
-	return false;
+	struct sweep s = sweep(e, locks);
+	return sweep_next(&s) != NULL;
 }
 
 /* None of our requesters holds a lock on e's file, but someone does: most
@@ -1047,7 +1151,7 @@ static void check_held(int64_t now)
 	if (!any_held)
 		return;
 	struct proclocks locks;
-	int err = proclocks_load(&locks);
+	int err = load_locks(&locks);
 	if (err != 0) {
 		/* Without the list we cannot tell: keep holding (safe), try later. */
 		log_error("cannot read /proc/locks: %s", strerror(err));
@@ -1089,6 +1193,7 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	if (e == NULL)
 		return NULL;
 	snprintf(e->hold.path, sizeof e->hold.path, "%s", req->sidecar);
+	e->hold.fd = -1;
 	snprintf(e->prefix, sizeof e->prefix, "%s", req->prefix);
 	e->state = WAITING;
 	e->next_step = now;
@@ -1138,7 +1243,7 @@ static long peer_pid(int fd)
 static bool may_send_away(const struct entry *e)
 {
 	struct proclocks locks;
-	if (proclocks_load(&locks) != 0)
+	if (load_locks(&locks) != 0)
 		return false;
 	enum holders h = classify_holders(e, &locks);
 	proclocks_free(&locks);
@@ -1439,6 +1544,24 @@ static void shut_down(void)
 
 /* ---- start-up --------------------------------------------------------- */
 
+static bool in_initial_pid_namespace(const char *ns_link)
+{
+	struct stat ns;
+	return stat(ns_link, &ns) == 0 && ns.st_ino == PROC_PID_INIT_INO;
+}
+
+/* Is /proc the initial pid namespace's?  Then it names every pid.  A
+ * process /proc shows is a member of its namespace or of one below it, so
+ * one in the initial namespace proves it: we, if /proc names us as we are;
+ * else its pid 1 (a member of its own namespace, often not ours to look
+ * at), or pid 2 (the kernel's kthreadd, in the initial one). */
+static bool proc_is_initial_pid_namespace(void)
+{
+	if (pids_comparable)
+		return in_initial_pid_namespace("/proc/self/ns/pid");
+	return in_initial_pid_namespace("/proc/1/ns/pid") || in_initial_pid_namespace("/proc/2/ns/pid");
+}
+
 static int open_in(const char *dir, const char *name, int flags)
 {
 	char path[PATH_MAX];
@@ -1543,7 +1666,8 @@ int main(int argc, char **argv)
 	char self[32];
 	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
 	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
-	may_linger = in_initial_pid_namespace();
+	may_linger = in_initial_pid_namespace("/proc/self/ns/pid");
+	proc_lists_every_lock = proc_is_initial_pid_namespace();
 
 	bool serving = become_the_keeper(dir);
 	/* Before any sidecar names us: the record is what proves our death. */
