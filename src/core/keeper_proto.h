@@ -47,7 +47,7 @@ struct keeper_request {
 	int64_t lease_ns;
 	int64_t foreign_stale_ns;
 	int64_t linger_ns;
-	uint32_t suffix_len; /* the locked file's path is sidecar less this many bytes */
+	uint64_t suffix_len; /* the locked file's path is sidecar less this many bytes */
 	char prefix[CONFIG_PREFIX_MAX];
 	char sidecar[PATH_MAX];
 };

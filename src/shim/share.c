@@ -48,7 +48,7 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	req.ino = mf->ino;
 	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
 	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-	req.suffix_len = (uint32_t)strlen(shim_config.suffix);
+	req.suffix_len = strlen(shim_config.suffix);
 
 	struct keeper_reply rep = { 0 };
 	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
