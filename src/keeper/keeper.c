@@ -14,6 +14,7 @@
  * One keeper per runtime directory (per user), started on demand by the shim,
  * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
  * every step is short, waiting is done with timers, never with sleep. */
+#include "../core/client.h" /* keeper_file */
 #include "../core/hostid.h"
 #include "../core/keeper_proto.h"
 #include "../core/log.h"
@@ -33,7 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -45,6 +48,19 @@
 #define READY_FD 3
 #define MAX_INODES 8
 #define SAY_WAITING_NS (5 * NS_PER_SEC) /* a blocking wait this long is reported once */
+/* A client sends its request as soon as it is connected: a connection
+ * silent this long is dropped (a stopped or hostile process keeps no
+ * descriptor of ours). */
+#define IDLE_CONN_NS (3 * NS_PER_SEC)
+/* Out of descriptors in accept: stop polling the socket this long, rather
+ * than being woken for the same pending connection again and again. */
+#define ACCEPT_PAUSE_NS (100 * NS_PER_MS)
+/* Descriptors kept free of connections: the share, /proc and the log need
+ * some while connections take the rest. */
+#define RESERVED_FDS 32
+#define MAX_CONNS 16384 /* the poll set lives on the stack */
+/* How often we look whether our socket is still where clients look for it. */
+#define LISTEN_CHECK_NS (2 * NS_PER_SEC)
 
 enum entry_state { WAITING, VERIFYING, HELD };
 
@@ -104,6 +120,7 @@ struct conn {
 	bool nonblocking;
 	int64_t deadline; /* < 0: none */
 	int64_t say_waiting_at; /* < 0: said, or nothing to say */
+	int64_t accepted_at;
 	struct conn *next;
 };
 
@@ -113,7 +130,9 @@ static struct sidecar_holder me; /* host identity and keeper pid, for every side
  * can't be compared with our clients', so any lock on a file counts. */
 static bool pids_comparable;
 static struct conn *conns;
-static int listen_fd = -1;
+static int listen_fd = -1; /* -1: not listening (another keeper took our place) */
+static size_t max_conns = 1; /* see raise_fd_limit */
+static int64_t accept_paused_until;
 static volatile sig_atomic_t stop_requested;
 static int64_t next_check = -1;
 
@@ -947,19 +966,41 @@ static void handle_hangup(struct conn *c)
 		free_entry(e);
 }
 
-static void accept_connections(void)
+/* Accepts at most `room` connections.  Out of descriptors (or memory),
+ * the pending ones wait in the socket's backlog until some close. */
+static void accept_connections(size_t room, int64_t now)
 {
-	for (;;) {
+	for (; room > 0; room--) {
 		int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+			log_debug("keeper: cannot accept a connection: %s", strerror(errno));
+			accept_paused_until = now + ACCEPT_PAUSE_NS;
+		}
 		if (fd < 0)
 			return;
 		struct conn *c = calloc(1, sizeof *c);
 		if (c == NULL) {
 			sys_close(fd);
+			accept_paused_until = now + ACCEPT_PAUSE_NS;
 			return;
 		}
-		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .next = conns };
+		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .accepted_at = now,
+				    .next = conns };
 		conns = c;
+	}
+}
+
+static bool sent_nothing_yet(const struct conn *c)
+{
+	return c->entry == NULL;
+}
+
+static void drop_idle_conns(int64_t now)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (sent_nothing_yet(c) && now - c->accepted_at >= IDLE_CONN_NS)
+			drop_conn(c);
 	}
 }
 
@@ -996,6 +1037,8 @@ static void expire_deadlines(int64_t now)
 
 /* ---- the loop --------------------------------------------------------- */
 
+static int64_t next_listen_check;
+
 static int64_t next_wakeup(int64_t now, int64_t idle_since)
 {
 	int64_t at = next_check;
@@ -1010,10 +1053,18 @@ static int64_t next_wakeup(int64_t now, int64_t idle_since)
 		if (c->entry != NULL && c->say_waiting_at >= 0 && (at < 0 || c->say_waiting_at < at))
 			at = c->say_waiting_at;
 	}
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		if (sent_nothing_yet(c))
+			at = at < 0 ? c->accepted_at + IDLE_CONN_NS : MIN(at, c->accepted_at + IDLE_CONN_NS);
+	if (accept_paused_until > now)
+		at = at < 0 ? accept_paused_until : MIN(at, accept_paused_until);
+	at = at < 0 ? next_listen_check : MIN(at, next_listen_check);
 	if (idle_since >= 0 && (at < 0 || idle_since + IDLE_EXIT_NS < at))
 		at = idle_since + IDLE_EXIT_NS;
 	return at < 0 ? -1 : MAX(at - now, 0);
 }
+
+static void keep_listening(int64_t now);
 
 static void serve(void)
 {
@@ -1030,7 +1081,11 @@ static void serve(void)
 		if (next_check >= 0 && next_check <= now)
 			check_held(now);
 		expire_deadlines(now);
+		drop_idle_conns(now);
+		keep_listening(now);
 
+		if (listen_fd < 0 && entries == NULL && conns == NULL)
+			return; /* another keeper serves now, and we hold nothing */
 		if (entries != NULL || conns != NULL)
 			idle_since = -1;
 		else if (idle_since < 0)
@@ -1043,7 +1098,10 @@ static void serve(void)
 			n++;
 		struct pollfd pfd[n];
 		struct conn *by_index[n];
-		pfd[0] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+		/* A negative fd is left out of the poll: not listening, out of
+		 * descriptors, or as many connections as we may have. */
+		bool may_accept = listen_fd >= 0 && now >= accept_paused_until && n - 1 < max_conns;
+		pfd[0] = (struct pollfd){ .fd = may_accept ? listen_fd : -1, .events = POLLIN };
 		size_t i = 1;
 		for (struct conn *c = conns; c != NULL; c = c->next, i++) {
 			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
@@ -1069,7 +1127,7 @@ static void serve(void)
 				handle_hangup(c);
 		}
 		if (pfd[0].revents & POLLIN)
-			accept_connections();
+			accept_connections(max_conns - (n - 1), now);
 	}
 }
 
@@ -1093,46 +1151,155 @@ static void shut_down(void)
 
 /* ---- start-up --------------------------------------------------------- */
 
-static int open_in(const char *dir, const char *name, int flags)
+/* Our files in the runtime directory (see keeper_file: named for our pid
+ * namespace), and the identity of those we made.  The directory can be
+ * removed under us (a /tmp cleaner, a logout) and get a new keeper, whose
+ * files have the same names: we never unlink one that isn't ours. */
+static const char *runtime_dir;
+static char lock_path[PATH_MAX], socket_path[PATH_MAX], pid_path[PATH_MAX], log_path[PATH_MAX];
+static int lock_fd = -1; /* open and flock'ed while we are the keeper */
+struct file_id {
+	dev_t dev;
+	ino_t ino;
+};
+static struct file_id socket_id, pid_id;
+
+static struct file_id file_id_of(const char *path)
 {
-	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	return open(path, flags | O_CLOEXEC, 0600);
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return (struct file_id){ 0, 0 };
+	return (struct file_id){ st.st_dev, st.st_ino };
 }
 
-/* Only one keeper per runtime directory: the one that holds keeper.lock.
- * Returns false if another keeper is already serving. */
-static bool become_the_keeper(const char *dir)
+static bool file_is(const char *path, struct file_id id)
 {
-	int lock_fd = open_in(dir, KEEPER_LOCK_NAME, O_RDWR | O_CREAT);
-	if (lock_fd < 0 || sys_flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
-		return false;
-	/* lock_fd stays open (and locked) for the keeper's lifetime. */
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", dir, KEEPER_SOCKET_NAME);
-	unlink(addr.sun_path); /* a dead keeper's socket */
-	listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-	    listen(listen_fd, 64) != 0) {
-		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
-		exit(1);
+	struct file_id now = file_id_of(path);
+	return id.ino != 0 && now.dev == id.dev && now.ino == id.ino;
+}
+
+/* Between the look and the unlink another keeper could bind the name; it
+ * can only once our lock file is gone, and then it rebinds within a look. */
+static void unlink_if_ours(const char *path, struct file_id id)
+{
+	if (file_is(path, id))
+		unlink(path);
+}
+
+/* Do we hold the lock file that is at lock_path now?  Takes it if free. */
+static bool hold_lock_file(void)
+{
+	if (lock_fd >= 0) {
+		struct stat held;
+		if (fstat(lock_fd, &held) == 0 && file_is(lock_path, (struct file_id){ held.st_dev, held.st_ino }))
+			return true;
+		sys_close(lock_fd); /* removed or replaced: it decides nothing any more */
+		lock_fd = -1;
 	}
-	int pid_fd = open_in(dir, KEEPER_PID_NAME, O_WRONLY | O_CREAT | O_TRUNC);
+	mkdir(runtime_dir, 0700); /* removed with everything in it */
+	struct stat dir;
+	if (lstat(runtime_dir, &dir) != 0 || !S_ISDIR(dir.st_mode) || dir.st_uid != getuid() ||
+	    (dir.st_mode & 077) != 0)
+		return false; /* no client would trust it: see ensure_runtime_dir */
+	int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || sys_flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		if (fd >= 0)
+			sys_close(fd);
+		return false;
+	}
+	lock_fd = fd;
+	return true;
+}
+
+static void write_pid_file(void)
+{
+	int pid_fd = open(pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (pid_fd >= 0) {
 		dprintf(pid_fd, "%ld\n", (long)getpid());
 		sys_close(pid_fd);
 	}
+	pid_id = file_id_of(pid_path);
+}
+
+/* Only one keeper per runtime directory (and pid namespace): the one that
+ * holds the lock file.  Returns false if another keeper is already serving
+ * (or we cannot listen). */
+static bool become_the_keeper(void)
+{
+	if (!hold_lock_file())
+		return false;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path);
+	unlink(addr.sun_path); /* a dead keeper's socket: the lock file says none lives */
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(fd, 64) != 0) {
+		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
+		if (fd >= 0)
+			sys_close(fd);
+		return false;
+	}
+	listen_fd = fd;
+	socket_id = file_id_of(socket_path);
+	write_pid_file();
 	return true;
 }
 
-static void stop_listening(const char *dir)
+static void stop_listening(void)
 {
-	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_SOCKET_NAME);
-	unlink(path);
+	if (listen_fd < 0)
+		return;
+	unlink_if_ours(socket_path, socket_id);
 	sys_close(listen_fd);
-	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_PID_NAME);
-	unlink(path);
+	listen_fd = -1;
+	unlink_if_ours(pid_path, pid_id);
+}
+
+/* Clients find us by our socket's name.  If it is gone or another's, we
+ * can't be found: what we hold stays held until released (we still are its
+ * holder), and we serve again when we can -- at once if nobody else does
+ * (our directory was removed), or once another keeper has exited. */
+static void keep_listening(int64_t now)
+{
+	if (now < next_listen_check)
+		return;
+	next_listen_check = now + LISTEN_CHECK_NS;
+	if (listen_fd >= 0 && file_is(socket_path, socket_id))
+		return;
+	bool was_listening = listen_fd >= 0;
+	if (was_listening) {
+		sys_close(listen_fd);
+		listen_fd = -1;
+	}
+	if (become_the_keeper())
+		log_warn("keeper: %s was removed or replaced: listening there again", socket_path);
+	else if (was_listening)
+		log_warn("keeper: %s was removed or replaced, and another keeper serves now: "
+			 "keeping what we hold until it is released", socket_path);
+}
+
+/* We may serve many clients, whatever limit the program that started us
+ * had; some descriptors stay free for the share's files and /proc. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	max_conns = rl.rlim_cur > RESERVED_FDS + 1 ? MIN(rl.rlim_cur - RESERVED_FDS, MAX_CONNS) : 1;
+}
+
+static bool name_our_files(const char *dir)
+{
+	runtime_dir = dir;
+	return keeper_file(lock_path, sizeof lock_path, dir, KEEPER_LOCK_NAME) == 0 &&
+	       keeper_file(socket_path, sizeof socket_path, dir, KEEPER_SOCKET_NAME) == 0 &&
+	       strlen(socket_path) < sizeof ((struct sockaddr_un *)0)->sun_path &&
+	       keeper_file(pid_path, sizeof pid_path, dir, KEEPER_PID_NAME) == 0 &&
+	       keeper_file(log_path, sizeof log_path, dir, "keeper.log") == 0;
 }
 
 static void usage(FILE *to, int status)
@@ -1163,9 +1330,18 @@ int main(int argc, char **argv)
 		default: usage(stderr, 2);
 		}
 	}
-	if (dir == NULL || optind != argc)
+	if (dir == NULL || dir[0] != '/' || optind != argc)
 		usage(stderr, 2);
 	log_set_level((enum log_level)level);
+	/* Not the starting program's working directory: it may be on a share
+	 * that someone wants to unmount. */
+	if (chdir("/") != 0)
+		return 1;
+	if (!name_our_files(dir)) {
+		log_error("keeper: cannot name its files in %s: %s", dir, strerror(errno ? errno : ENAMETOOLONG));
+		return 1;
+	}
+	raise_fd_limit();
 
 	/* Detach: the process the shim started exits at once, so the keeper is
 	 * nobody's child and no program waits for it. */
@@ -1175,7 +1351,7 @@ int main(int argc, char **argv)
 			return 1;
 		if (pid > 0)
 			_exit(0);
-		int log_fd = open_in(dir, "keeper.log", O_WRONLY | O_CREAT | O_APPEND);
+		int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		if (log_fd >= 0)
 			log_set_fd(log_fd);
 	}
@@ -1196,7 +1372,7 @@ int main(int argc, char **argv)
 	ssize_t n = readlink("/proc/self", self, sizeof self - 1);
 	pids_comparable = n > 0 && (self[n] = '\0', atol(self) == (long)getpid());
 
-	bool serving = become_the_keeper(dir);
+	bool serving = become_the_keeper();
 	if (!foreground) {
 		/* Tell the shim that started us that it may connect now. */
 		ssize_t w = write(READY_FD, "1", 1);
@@ -1205,8 +1381,9 @@ int main(int argc, char **argv)
 	}
 	if (!serving)
 		return 0;
+	next_listen_check = mono_ns() + LISTEN_CHECK_NS;
 	serve();
-	stop_listening(dir);
+	stop_listening();
 	shut_down();
 	return 0;
 }
