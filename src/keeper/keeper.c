@@ -1228,6 +1228,8 @@ static bool become_the_keeper(void)
 {
 	if (!hold_lock_file())
 		return false;
+	/* The pid file first: whoever reaches the socket can read who we are. */
+	write_pid_file();
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path);
 	unlink(addr.sun_path); /* a dead keeper's socket: the lock file says none lives */
@@ -1236,11 +1238,11 @@ static bool become_the_keeper(void)
 		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
 		if (fd >= 0)
 			sys_close(fd);
+		unlink_if_ours(pid_path, pid_id);
 		return false;
 	}
 	listen_fd = fd;
 	socket_id = file_id_of(socket_path);
-	write_pid_file();
 	return true;
 }
 
