@@ -11,8 +11,8 @@
  *     releases the sidecar.  So a lock that outlives the process that took it
  *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
  *     holders all died loses it, without any code running in them.
- * One keeper per runtime directory (per user), started on demand by the shim,
- * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
+ * One keeper per runtime directory (per user) and pid namespace, started on
+ * demand by the shim, exits after a while with nothing to hold.  Single-threaded, poll()-driven:
  * every step is short, waiting is done with timers, never with sleep. */
 #include "../core/client.h" /* keeper_file */
 #include "../core/hostid.h"
