@@ -30,6 +30,8 @@ test_runtime_dir_removed_under_a_live_keeper() {
   assertEquals "a lock right after the removal" 0 "$(shimmed flock -w 10 "$C1/g" true; echo $?)"
   local second; second=$(keeper_pid)
   assertEquals "the first keeper still holds f" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  # The same host identity, a live keeper pid: not "a dead keeper on this host".
+  assertEquals "this host's new keeper respects it too" 75 "$(probe "$C2/f")"
   release_holder
   # The first keeper goes (at idle, or as here at SIGTERM: the same steps).
   if [ "$second" != "$first" ]; then

@@ -1154,15 +1154,18 @@ static void shut_down(void)
 /* Our files in the runtime directory (see keeper_file: named for our pid
  * namespace), and the identity of those we made.  The directory can be
  * removed under us (a /tmp cleaner, a logout) and get a new keeper, whose
- * files have the same names: we never unlink one that isn't ours. */
+ * files have the same names: we never unlink one that isn't ours.  Each
+ * identity is compared only while something of ours keeps that inode alive
+ * (an open descriptor, the bound socket): a freed inode's number is reused. */
 static const char *runtime_dir;
 static char lock_path[PATH_MAX], socket_path[PATH_MAX], pid_path[PATH_MAX], log_path[PATH_MAX];
 static int lock_fd = -1; /* open and flock'ed while we are the keeper */
+static int pid_fd = -1;  /* the pid file we wrote, kept open */
 struct file_id {
 	dev_t dev;
 	ino_t ino;
 };
-static struct file_id socket_id, pid_id;
+static struct file_id socket_id; /* while listen_fd is open */
 
 static struct file_id file_id_of(const char *path)
 {
@@ -1178,6 +1181,12 @@ static bool file_is(const char *path, struct file_id id)
 	return id.ino != 0 && now.dev == id.dev && now.ino == id.ino;
 }
 
+static bool file_is_open_as(const char *path, int fd)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && file_is(path, (struct file_id){ st.st_dev, st.st_ino });
+}
+
 /* Between the look and the unlink another keeper could bind the name; it
  * can only once our lock file is gone, and then it rebinds within a look. */
 static void unlink_if_ours(const char *path, struct file_id id)
@@ -1186,12 +1195,17 @@ static void unlink_if_ours(const char *path, struct file_id id)
 		unlink(path);
 }
 
+static void unlink_pid_file_if_ours(void)
+{
+	if (file_is_open_as(pid_path, pid_fd))
+		unlink(pid_path);
+}
+
 /* Do we hold the lock file that is at lock_path now?  Takes it if free. */
 static bool hold_lock_file(void)
 {
 	if (lock_fd >= 0) {
-		struct stat held;
-		if (fstat(lock_fd, &held) == 0 && file_is(lock_path, (struct file_id){ held.st_dev, held.st_ino }))
+		if (file_is_open_as(lock_path, lock_fd))
 			return true;
 		sys_close(lock_fd); /* removed or replaced: it decides nothing any more */
 		lock_fd = -1;
@@ -1213,12 +1227,11 @@ static bool hold_lock_file(void)
 
 static void write_pid_file(void)
 {
-	int pid_fd = open(pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (pid_fd >= 0) {
-		dprintf(pid_fd, "%ld\n", (long)getpid());
+	if (pid_fd >= 0)
 		sys_close(pid_fd);
-	}
-	pid_id = file_id_of(pid_path);
+	pid_fd = open(pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (pid_fd >= 0)
+		dprintf(pid_fd, "%ld\n", (long)getpid());
 }
 
 /* Only one keeper per runtime directory (and pid namespace): the one that
@@ -1238,7 +1251,7 @@ static bool become_the_keeper(void)
 		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
 		if (fd >= 0)
 			sys_close(fd);
-		unlink_if_ours(pid_path, pid_id);
+		unlink_pid_file_if_ours();
 		return false;
 	}
 	listen_fd = fd;
@@ -1250,10 +1263,10 @@ static void stop_listening(void)
 {
 	if (listen_fd < 0)
 		return;
-	unlink_if_ours(socket_path, socket_id);
+	unlink_if_ours(socket_path, socket_id); /* before the close: see socket_id */
 	sys_close(listen_fd);
 	listen_fd = -1;
-	unlink_if_ours(pid_path, pid_id);
+	unlink_pid_file_if_ours();
 }
 
 /* Clients find us by our socket's name.  If it is gone or another's, we
