@@ -995,11 +995,18 @@ static bool sent_nothing_yet(const struct conn *c)
 	return c->entry == NULL;
 }
 
+/* A request may be waiting unread behind a long step of ours: not idle. */
+static bool request_pending(const struct conn *c)
+{
+	char byte;
+	return recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 static void drop_idle_conns(int64_t now)
 {
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
-		if (sent_nothing_yet(c) && now - c->accepted_at >= IDLE_CONN_NS)
+		if (sent_nothing_yet(c) && now - c->accepted_at >= IDLE_CONN_NS && !request_pending(c))
 			drop_conn(c);
 	}
 }
