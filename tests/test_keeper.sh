@@ -131,6 +131,17 @@ test_squatted_tmp_runtime_dir_is_passed_over() {
   assertEquals "one keeper" 1 "$(ls -d /tmp/uuidlock-"$TEST_UID"-* | wc -l)"
 }
 
+test_squatter_symlink_and_next_name_taken_too() {
+  make_test_user
+  ln -s "$RIG/loc" "/tmp/uuidlock-$TEST_UID"
+  mkdir -m 0700 "/tmp/uuidlock-$TEST_UID-1" && chown 65534 "/tmp/uuidlock-$TEST_UID-1"
+  as_test_user env -u XDG_RUNTIME_DIR flock "$RIG/loc/f" true 2>"$RIG/err"
+  assertEquals "a lock: $(cat "$RIG/err")" 0 $?
+  assertContains "$(cat "$RIG/err")" "/tmp/uuidlock-$TEST_UID belongs to uid 0 (and is no directory), not to us: using /tmp/uuidlock-$TEST_UID-2 instead"
+  assertTrue "its keeper lives there" "[ -S /tmp/uuidlock-$TEST_UID-2/keeper.sock ]"
+  assertFalse "nothing of it behind the symlink" "[ -e '$RIG/loc/keeper.sock' ]"
+}
+
 test_runtime_dir_defaults_to_xdg_runtime_dir() {
   make_test_user
   mkdir -m 0700 "$RIG/xdg" && chown "$TEST_UID" "$RIG/xdg"
