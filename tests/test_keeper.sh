@@ -17,6 +17,16 @@ tearDown() {
   rig_teardown
 }
 
+# wait_for_line FILE TEXT: until FILE has a line containing TEXT (10 s at most).
+wait_for_line() {
+  local i
+  for i in $(seq 1000); do
+    grep -qF -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.01
+  done
+  return 1
+}
+
 # keeper_cpu_ticks PID: user + system time so far, in clock ticks.
 keeper_cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
@@ -55,6 +65,8 @@ test_keeper_puts_back_a_removed_socket() {
   # No lock call meanwhile: the keeper itself notices, within seconds.
   wait_for_file "$UUIDLOCK_RUNTIME_DIR/keeper.sock" 10 || fail "the keeper never listened again"
   assertEquals "the same keeper" "$k" "$(keeper_pid)"
+  wait_for_line "$UUIDLOCK_RUNTIME_DIR/keeper.log" "was removed or replaced: listening there again" ||
+    fail "it says so in its new log: $(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")"
   assertEquals "and f is still held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
   release_holder
   assertEquals "it answers" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"

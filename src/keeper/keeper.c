@@ -1276,6 +1276,19 @@ static void stop_listening(void)
 	unlink_pid_file_if_ours();
 }
 
+static int log_fd = -1; /* keeper.log, unless --foreground: stderr */
+
+static void open_log_file(void)
+{
+	int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	log_set_fd(fd);
+	if (log_fd >= 0)
+		sys_close(log_fd);
+	log_fd = fd;
+}
+
 /* Clients find us by our socket's name.  If it is gone or another's, we
  * can't be found: what we hold stays held until released (we still are its
  * holder), and we serve again when we can -- at once if nobody else does
@@ -1292,8 +1305,11 @@ static void keep_listening(int64_t now)
 		sys_close(listen_fd);
 		listen_fd = -1;
 	}
-	if (become_the_keeper())
+	if (become_the_keeper()) {
+		if (log_fd >= 0)
+			open_log_file(); /* the old one went with the directory */
 		log_warn("keeper: %s was removed or replaced: listening there again", socket_path);
+	}
 	else if (was_listening)
 		log_warn("keeper: %s was removed or replaced, and another keeper serves now: "
 			 "keeping what we hold until it is released", socket_path);
@@ -1373,9 +1389,7 @@ int main(int argc, char **argv)
 			return 1;
 		if (pid > 0)
 			_exit(0);
-		int log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-		if (log_fd >= 0)
-			log_set_fd(log_fd);
+		open_log_file();
 	}
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction sa = { .sa_handler = on_stop_signal };
