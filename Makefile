@@ -112,7 +112,7 @@ build/lockdrv64: tests/lockdrv.c | deps-headers
 
 # libFuzzer targets for what others control: sidecar content, /proc/locks,
 # the configuration.  tests/test_fuzz.sh runs them for a bounded time.
-FUZZ_CORE := src/core/sidecar.c src/core/proclocks.c src/core/hostid.c src/core/config.c src/core/log.c
+FUZZ_CORE := src/core/sidecar.c src/core/proclocks.c src/core/hostid.c src/core/client.c src/core/config.c src/core/log.c
 fuzz: build/fuzz/fuzz_sidecar build/fuzz/fuzz_config
 build/fuzz/%: tests/fuzz/%.c $(FUZZ_CORE) $(HEADERS) | deps-headers
 	@mkdir -p build/fuzz

@@ -346,7 +346,7 @@ test_racing_breakers_never_admit_two_holders() {
   local host_id trial dead w pids
   host_id="$(cat /proc/sys/kernel/random/boot_id)/$(stat -L -c %i /proc/self/ns/pid)"
   # The dead keeper's runtime directory proves it dead: a later keeper ran there.
-  mkdir -m 0700 "$RIG/run-dead" && printf '%032d\n%032d\n' 1 2 >"$RIG/run-dead/keepers"
+  mkdir -m 0700 "$RIG/run-dead" && printf '%032d\n%032d\n' 1 2 >"$RIG/run-dead/keepers.list"
   for trial in $(seq 8); do
     wait_no_sidecars # the last trial's holder releases a retry interval after it exits
     sh -c 'exit 0' & dead=$!; wait $dead

@@ -39,6 +39,26 @@ static int ensure_runtime_dir(const char *dir, struct keeper_reply *rep)
 	return 0;
 }
 
+/* The inode of the initial pid namespace, the same on every Linux system
+ * (PROC_PID_INIT_INO): its keeper keeps the plain file names. */
+#define INITIAL_PID_NS_INO 0xEFFFFFFCULL
+
+int keeper_file(char *out, size_t cap, const char *dir, const char *name)
+{
+	/* stat, not readlink: right where /proc is another namespace's mount */
+	struct stat ns;
+	if (stat("/proc/self/ns/pid", &ns) != 0)
+		return errno;
+	const char *ext = strrchr(name, '.');
+	int n;
+	if (ns.st_ino == INITIAL_PID_NS_INO || ext == NULL)
+		n = snprintf(out, cap, "%s/%s", dir, name);
+	else
+		n = snprintf(out, cap, "%s/%.*s.%llu%s", dir, (int)(ext - name), name,
+			     (unsigned long long)ns.st_ino, ext);
+	return n < 0 || (size_t)n >= cap ? ENAMETOOLONG : 0;
+}
+
 static int try_connect(const struct sockaddr_un *addr)
 {
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -115,7 +135,9 @@ static int connect_keeper(const struct config *c, const char *dir, const char *p
 	if (err != 0)
 		return -err;
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", dir, KEEPER_SOCKET_NAME);
+	err = keeper_file(addr.sun_path, sizeof addr.sun_path, dir, KEEPER_SOCKET_NAME);
+	if (err != 0)
+		return -fail(rep, err, "cannot name the keeper's socket in %s: %s", dir);
 
 	int64_t give_up = mono_ns() + CONNECT_PATIENCE_NS, next_spawn = 0;
 	for (;;) {

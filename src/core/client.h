@@ -6,6 +6,15 @@
 #include "config.h"
 #include "keeper_proto.h"
 
+/* The path of the keeper's file NAME ("keeper.sock", "keeper.pid" ...) in
+ * the runtime directory dir.  Each pid namespace has its own keeper: only
+ * its /proc names its clients' locks (a /tmp shared with a container would
+ * otherwise give the container's processes the host's keeper, or the host's
+ * processes the container's).  Outside the initial pid namespace, NAME gets
+ * the namespace's inode: "keeper.4026532301.sock".  Returns 0, or an errno
+ * (ENAMETOOLONG: more than cap). */
+int keeper_file(char *out, size_t cap, const char *dir, const char *name);
+
 /* Sends req and waits for the reply.  Returns 0 with *rep filled in, or an
  * errno: EINTR when a signal interrupted the wait (the request is then
  * withdrawn), ENOENT for a check when no keeper runs, anything else when no keeper could be reached (rep->message

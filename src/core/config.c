@@ -176,12 +176,68 @@ static void load_runtime_dir(struct config *c)
 		load_text(c, "UUIDLOCK_RUNTIME_DIR", c->runtime_dir, sizeof c->runtime_dir, false, "\n");
 }
 
+/* $XDG_RUNTIME_DIR/uuidlock if XDG_RUNTIME_DIR is a directory of ours that
+ * nobody else may enter: no other user can take that name from us.  Not
+ * when it is somebody else's (su and sudo -E keep the variable). */
+static bool xdg_runtime_dir(char dir[RUNTIME_DIR_MAX])
+{
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+	if (xdg == NULL || xdg[0] != '/' || lstat(xdg, &st) != 0)
+		return false;
+	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077) != 0)
+		return false;
+	return snprintf(dir, RUNTIME_DIR_MAX, "%s/uuidlock", xdg) < RUNTIME_DIR_MAX;
+}
+
+/* Is dir a directory of ours (made now if nobody had it)?  Mode and the
+ * rest are checked by whoever uses it: a wrong mode is our own doing. */
+static bool ours_or_created(const char *dir, struct stat *st)
+{
+	if (lstat(dir, st) != 0 && (errno != ENOENT || (mkdir(dir, 0700) != 0 && errno != EEXIST) ||
+				    lstat(dir, st) != 0))
+		return false;
+	return S_ISDIR(st->st_mode) && st->st_uid == getuid();
+}
+
+/* In /tmp anyone may take any name first (a directory or symlink of their
+ * own), so /tmp/uuidlock-UID is only the first of a sequence:
+ * /tmp/uuidlock-UID-1, -2 ... follow, and every process of ours settles on
+ * the first one that is ours or that it can make (mkdir decides a race).  A
+ * squatter is named once per process.  If all are taken, the first is
+ * returned and refused by its user, with the reason. */
+#define TMP_CANDIDATES 1000
+static void tmp_runtime_dir(char dir[RUNTIME_DIR_MAX])
+{
+	static bool warned;
+	long uid = (long)getuid();
+	char first[RUNTIME_DIR_MAX];
+	struct stat st, squatted = { .st_uid = (uid_t)-1 }; /* -1: lstat failed */
+	snprintf(first, sizeof first, "/tmp/uuidlock-%ld", uid);
+	if (ours_or_created(first, &squatted)) {
+		strcpy(dir, first);
+		return;
+	}
+	for (int n = 1; n < TMP_CANDIDATES; n++) {
+		snprintf(dir, RUNTIME_DIR_MAX, "/tmp/uuidlock-%ld-%d", uid, n);
+		if (ours_or_created(dir, &st)) {
+			if (!__atomic_exchange_n(&warned, true, __ATOMIC_RELAXED))
+				log_warn("%s %s uid %ld%s, not to us: using %s instead", first,
+					 squatted.st_uid == (uid_t)-1 ? "cannot be used: it belongs to" : "belongs to",
+					 (long)(int)squatted.st_uid,
+					 S_ISDIR(squatted.st_mode) ? "" : " (and is no directory)", dir);
+			return;
+		}
+	}
+	strcpy(dir, first);
+}
+
 void config_runtime_dir(const struct config *c, char dir[RUNTIME_DIR_MAX])
 {
 	if (c->runtime_dir[0] != '\0')
 		strcpy(dir, c->runtime_dir);
-	else
-		snprintf(dir, RUNTIME_DIR_MAX, "/tmp/uuidlock-%ld", (long)getuid());
+	else if (!xdg_runtime_dir(dir))
+		tmp_runtime_dir(dir);
 }
 
 void config_load(struct config *c)

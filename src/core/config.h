@@ -21,7 +21,7 @@
  * overflow (a bigger value once wrapped to a negative deadline). */
 #define CONFIG_SECONDS_MAX (24 * 3600)           /* a day: delay, interval, timeout */
 #define CONFIG_LEASE_SECONDS_MAX (7 * 24 * 3600) /* a week: lease, foreign staleness */
-#define RUNTIME_DIR_MAX 96 /* "/keeper.sock" must still fit in sun_path[108] */
+#define RUNTIME_DIR_MAX 85 /* "/keeper.<pid ns>.sock" must still fit in sun_path[108] */
 
 struct managed_dir {
 	char path[PATH_MAX]; /* once resolved: no symlinks, no "..", no trailing '/' */
@@ -59,9 +59,10 @@ void config_load(struct config *c);
  * the shim does it at a process's first lock call, not at every start. */
 void config_resolve_dirs(struct config *c);
 
-/* The keeper's directory: UUIDLOCK_RUNTIME_DIR or /tmp/uuidlock-$UID.  Not
- * worked out at start-up: every program would pay for a getuid and a
- * snprintf (four pages of libc) that only lock calls need. */
+/* The keeper's directory: UUIDLOCK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/uuidlock
+ * if that is ours, else /tmp/uuidlock-$UID or, if another user took that
+ * name, the first of /tmp/uuidlock-$UID-N that is ours (may mkdir it).  Not
+ * worked out at start-up: only lock calls need it, and it looks at files. */
 void config_runtime_dir(const struct config *c, char dir[RUNTIME_DIR_MAX]);
 
 /* Parses a locale-independent decimal number of seconds ("1", "0.25", "-1")

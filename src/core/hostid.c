@@ -1,5 +1,7 @@
 #include "hostid.h"
 
+#include "client.h" /* keeper_file */
+#include "keeper_proto.h"
 #include "sidecar.h" /* sidecar_read_head */
 #include "sys.h"
 
@@ -114,9 +116,12 @@ void keeper_id_new(char out[KEEPER_ID_MAX])
 		snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
-static void registry_path(const char *dir, char *out, size_t cap)
+/* The record and the lock file are named for our pid namespace, as the
+ * socket is (keeper_file): keepers of two namespaces may share a runtime
+ * directory, and a same-host judgement is only ever made within one. */
+static int registry_path(const char *dir, char *out, size_t cap)
 {
-	snprintf(out, cap, "%s/%s", dir, KEEPER_REGISTRY_NAME);
+	return keeper_file(out, cap, dir, KEEPER_REGISTRY_NAME);
 }
 
 /* Only the keeper holding keeper.lock writes the record, so there is one
@@ -124,7 +129,9 @@ static void registry_path(const char *dir, char *out, size_t cap)
 int keeper_register(const char *dir, const char *id)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 8], old[KEEPER_REGISTRY_KEEP * KEEPER_ID_MAX + 64];
-	registry_path(dir, path, sizeof path);
+	int err = registry_path(dir, path, sizeof path);
+	if (err != 0)
+		return err;
 	snprintf(tmp, sizeof tmp, "%s.new", path);
 	ssize_t n = sidecar_read_head(path, old, sizeof old);
 	if (n < 0)
@@ -140,7 +147,7 @@ int keeper_register(const char *dir, const char *id)
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return errno;
-	int err = dprintf(fd, "%.*s%s\n", (int)(old + n - from), from, id) < 0 ? EIO : 0;
+	err = dprintf(fd, "%.*s%s\n", (int)(old + n - from), from, id) < 0 ? EIO : 0;
 	if (fsync(fd) != 0 && err == 0)
 		err = errno;
 	if (sys_close(fd) != 0 && err == 0)
@@ -157,7 +164,8 @@ int keeper_register(const char *dir, const char *id)
 static bool keeper_lock_held(const char *dir)
 {
 	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/keeper.lock", dir);
+	if (keeper_file(path, sizeof path, dir, KEEPER_LOCK_NAME) != 0)
+		return true; /* can't look: assume held (no proof) */
 	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return errno != ENOENT; /* can't look: assume held (no proof) */
@@ -171,7 +179,8 @@ enum keeper_fate keeper_fate(const char *dir, const char *id)
 	if (dir[0] != '/' || strlen(id) != KEEPER_ID_MAX - 1)
 		return KEEPER_UNKNOWN;
 	char path[PATH_MAX], record[KEEPER_REGISTRY_KEEP * KEEPER_ID_MAX + 64];
-	registry_path(dir, path, sizeof path);
+	if (registry_path(dir, path, sizeof path) != 0)
+		return KEEPER_UNKNOWN;
 	ssize_t n = sidecar_read_head(path, record, sizeof record);
 	if (n <= 0)
 		return KEEPER_UNKNOWN;

@@ -10,7 +10,7 @@
 
 #define HOST_ID_MAX 96
 #define KEEPER_ID_MAX 33 /* 32 hex digits */
-#define KEEPER_REGISTRY_NAME "keepers"
+#define KEEPER_REGISTRY_NAME "keepers.list" /* in the runtime directory; see keeper_file */
 #define KEEPER_REGISTRY_KEEP 32 /* ids remembered; older ones just lose the fast break */
 #define PROC_PID_INIT_INO 0xEFFFFFFCU /* the initial pid namespace's inode (linux/proc_ns.h) */
 
@@ -45,7 +45,7 @@ bool process_is(pid_t pid, unsigned long long start);
  * snapshot, and pids repeat there; a fresh random id is not. */
 void keeper_id_new(char out[KEEPER_ID_MAX]);
 
-/* The keeper that holds dir's keeper.lock appends its id to dir/keepers
+/* The keeper that holds dir's keeper.lock appends its id to dir/keepers.list
  * (keeping the last KEEPER_REGISTRY_KEEP): the record of which keepers ran
  * in this runtime directory, in order.  Returns 0 or an errno. */
 int keeper_register(const char *dir, const char *id);

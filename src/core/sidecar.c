@@ -45,7 +45,7 @@
  * initial pid namespace (so the host_id), and a pid dead here may be a live
  * keeper there.  Each keeper start draws a random keeper_id and, holding
  * its runtime directory's keeper.lock, appends it to that directory's
- * record "keepers" before any sidecar names it.  A sidecar of this host_id
+ * record "keepers.list" before any sidecar names it.  A sidecar of this host_id
  * is then broken at once
  *   - when its keeper_dir's record proves its keeper dead: a later keeper is
  *     recorded (it could only take keeper.lock after ours exited), or it is

@@ -12,10 +12,11 @@
  *     (KEEPER_CHECK) -- it releases the sidecar.  So a lock that outlives the process that took it
  *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
  *     holders all died loses it, without any code running in them.
- * One keeper per runtime directory (per user), started on demand by the shim,
- * exits after a while with nothing to hold.  Single-threaded, poll()-driven:
+ * One keeper per runtime directory (per user) and pid namespace, started on
+ * demand by the shim, exits after a while with nothing to hold.  Single-threaded, poll()-driven:
  * every step is short, waiting is done with timers, never with sleep. */
 #include "../core/coherence.h"
+#include "../core/client.h" /* keeper_file */
 #include "../core/hostid.h"
 #include "../core/keeper_proto.h"
 #include "../core/log.h"
@@ -35,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -50,6 +52,19 @@
 #define SAY_WAITING_NS (5 * NS_PER_SEC) /* a blocking wait this long is reported once */
 #define IDLE_HOLDS_MAX 64 /* idle holds kept at most; the least recently used go first */
 #define IDLE_POLL_MAX_NS (250 * NS_PER_MS) /* an idle hold looks for a recall at least this often */
+/* A client sends its request as soon as it is connected: a connection
+ * silent this long is dropped (a stopped or hostile process keeps no
+ * descriptor of ours). */
+#define IDLE_CONN_NS (3 * NS_PER_SEC)
+/* Out of descriptors in accept: stop polling the socket this long, rather
+ * than being woken for the same pending connection again and again. */
+#define ACCEPT_PAUSE_NS (100 * NS_PER_MS)
+/* Descriptors kept free of connections: the share, /proc and the log need
+ * some while connections take the rest. */
+#define RESERVED_FDS 32
+#define MAX_CONNS 16384 /* the poll set lives on the stack */
+/* How often we look whether our socket is still where clients look for it. */
+#define LISTEN_CHECK_NS (2 * NS_PER_SEC)
 
 /* The life of one entry, one sidecar this host holds or wants.  Only the
  * transition functions named below change e->state.
@@ -153,6 +168,7 @@ struct conn {
 	bool nonblocking;
 	int64_t deadline; /* < 0: none */
 	int64_t say_waiting_at; /* < 0: said, or nothing to say */
+	int64_t accepted_at;
 	struct conn *next;
 };
 
@@ -171,7 +187,9 @@ static bool may_linger;
  * exited), and a held file with no line must be looked for in fdinfo. */
 static bool proc_lists_every_lock;
 static struct conn *conns;
-static int listen_fd = -1;
+static int listen_fd = -1; /* -1: not listening (another keeper took our place) */
+static size_t max_conns = 1; /* see raise_fd_limit */
+static int64_t accept_paused_until;
 static volatile sig_atomic_t stop_requested;
 static int64_t next_check = -1;
 
@@ -1394,19 +1412,48 @@ static void handle_hangup(struct conn *c)
 	forget_if_unwanted(e, mono_ns());
 }
 
-static void accept_connections(void)
+/* Accepts at most `room` connections.  Out of descriptors (or memory),
+ * the pending ones wait in the socket's backlog until some close. */
+static void accept_connections(size_t room, int64_t now)
 {
-	for (;;) {
+	for (; room > 0; room--) {
 		int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+			log_debug("keeper: cannot accept a connection: %s", strerror(errno));
+			accept_paused_until = now + ACCEPT_PAUSE_NS;
+		}
 		if (fd < 0)
 			return;
 		struct conn *c = calloc(1, sizeof *c);
 		if (c == NULL) {
 			sys_close(fd);
+			accept_paused_until = now + ACCEPT_PAUSE_NS;
 			return;
 		}
-		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .next = conns };
+		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .accepted_at = now,
+				    .next = conns };
 		conns = c;
+	}
+}
+
+static bool sent_nothing_yet(const struct conn *c)
+{
+	return c->entry == NULL;
+}
+
+/* A request may be waiting unread behind a long step of ours: not idle. */
+static bool request_pending(const struct conn *c)
+{
+	char byte;
+	return recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+static void drop_idle_conns(int64_t now)
+{
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (sent_nothing_yet(c) && now - c->accepted_at >= IDLE_CONN_NS && !request_pending(c))
+			drop_conn(c);
 	}
 }
 
@@ -1442,6 +1489,8 @@ static void expire_deadlines(int64_t now)
 
 /* ---- the loop --------------------------------------------------------- */
 
+static int64_t next_listen_check;
+
 static int64_t next_wakeup(int64_t now, int64_t idle_since)
 {
 	int64_t at = next_check;
@@ -1457,10 +1506,18 @@ static int64_t next_wakeup(int64_t now, int64_t idle_since)
 		if (c->entry != NULL && c->say_waiting_at >= 0 && (at < 0 || c->say_waiting_at < at))
 			at = c->say_waiting_at;
 	}
+	for (struct conn *c = conns; c != NULL; c = c->next)
+		if (sent_nothing_yet(c))
+			at = at < 0 ? c->accepted_at + IDLE_CONN_NS : MIN(at, c->accepted_at + IDLE_CONN_NS);
+	if (accept_paused_until > now)
+		at = at < 0 ? accept_paused_until : MIN(at, accept_paused_until);
+	at = at < 0 ? next_listen_check : MIN(at, next_listen_check);
 	if (idle_since >= 0 && (at < 0 || idle_since + IDLE_EXIT_NS < at))
 		at = idle_since + IDLE_EXIT_NS;
 	return at < 0 ? -1 : MAX(at - now, 0);
 }
+
+static void keep_listening(int64_t now);
 
 static void serve(void)
 {
@@ -1477,7 +1534,11 @@ static void serve(void)
 		if (next_check >= 0 && next_check <= now)
 			check_held(now);
 		expire_deadlines(now);
+		drop_idle_conns(now);
+		keep_listening(now);
 
+		if (listen_fd < 0 && entries == NULL && conns == NULL)
+			return; /* another keeper serves now, and we hold nothing */
 		if (entries != NULL || conns != NULL)
 			idle_since = -1;
 		else if (idle_since < 0)
@@ -1490,7 +1551,10 @@ static void serve(void)
 			n++;
 		struct pollfd pfd[n];
 		struct conn *by_index[n];
-		pfd[0] = (struct pollfd){ .fd = listen_fd, .events = POLLIN };
+		/* A negative fd is left out of the poll: not listening, out of
+		 * descriptors, or as many connections as we may have. */
+		bool may_accept = listen_fd >= 0 && now >= accept_paused_until && n - 1 < max_conns;
+		pfd[0] = (struct pollfd){ .fd = may_accept ? listen_fd : -1, .events = POLLIN };
 		size_t i = 1;
 		for (struct conn *c = conns; c != NULL; c = c->next, i++) {
 			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
@@ -1516,7 +1580,7 @@ static void serve(void)
 				handle_hangup(c);
 		}
 		if (pfd[0].revents & POLLIN)
-			accept_connections();
+			accept_connections(max_conns - (n - 1), now);
 	}
 }
 
@@ -1562,46 +1626,186 @@ static bool proc_is_initial_pid_namespace(void)
 	return in_initial_pid_namespace("/proc/1/ns/pid") || in_initial_pid_namespace("/proc/2/ns/pid");
 }
 
-static int open_in(const char *dir, const char *name, int flags)
+/* Our files in the runtime directory (see keeper_file: named for our pid
+ * namespace), and the identity of those we made.  The directory can be
+ * removed under us (a /tmp cleaner, a logout) and get a new keeper, whose
+ * files have the same names: we never unlink one that isn't ours.  Each
+ * identity is compared only while something of ours keeps that inode alive
+ * (an open descriptor, the bound socket): a freed inode's number is reused. */
+static const char *runtime_dir;
+static char lock_path[PATH_MAX], socket_path[PATH_MAX], pid_path[PATH_MAX], log_path[PATH_MAX];
+static int lock_fd = -1; /* open and flock'ed while we are the keeper */
+static int pid_fd = -1;  /* the pid file we wrote, kept open */
+struct file_id {
+	dev_t dev;
+	ino_t ino;
+};
+static struct file_id socket_id; /* while listen_fd is open */
+
+static struct file_id file_id_of(const char *path)
 {
-	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/%s", dir, name);
-	return open(path, flags | O_CLOEXEC, 0600);
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return (struct file_id){ 0, 0 };
+	return (struct file_id){ st.st_dev, st.st_ino };
 }
 
-/* Only one keeper per runtime directory: the one that holds keeper.lock.
- * Returns false if another keeper is already serving. */
-static bool become_the_keeper(const char *dir)
+static bool file_is(const char *path, struct file_id id)
 {
-	int lock_fd = open_in(dir, KEEPER_LOCK_NAME, O_RDWR | O_CREAT);
-	if (lock_fd < 0 || sys_flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+	struct file_id now = file_id_of(path);
+	return id.ino != 0 && now.dev == id.dev && now.ino == id.ino;
+}
+
+static bool file_is_open_as(const char *path, int fd)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && file_is(path, (struct file_id){ st.st_dev, st.st_ino });
+}
+
+/* Between the look and the unlink another keeper could bind the name; it
+ * can only once our lock file is gone, and then it rebinds within a look. */
+static void unlink_if_ours(const char *path, struct file_id id)
+{
+	if (file_is(path, id))
+		unlink(path);
+}
+
+static void unlink_pid_file_if_ours(void)
+{
+	if (file_is_open_as(pid_path, pid_fd))
+		unlink(pid_path);
+}
+
+/* Do we hold the lock file that is at lock_path now?  Takes it if free. */
+static bool hold_lock_file(void)
+{
+	if (lock_fd >= 0) {
+		if (file_is_open_as(lock_path, lock_fd))
+			return true;
+		sys_close(lock_fd); /* removed or replaced: it decides nothing any more */
+		lock_fd = -1;
+	}
+	mkdir(runtime_dir, 0700); /* removed with everything in it */
+	struct stat dir;
+	if (lstat(runtime_dir, &dir) != 0 || !S_ISDIR(dir.st_mode) || dir.st_uid != getuid() ||
+	    (dir.st_mode & 077) != 0)
+		return false; /* no client would trust it: see ensure_runtime_dir */
+	int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || sys_flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		if (fd >= 0)
+			sys_close(fd);
 		return false;
-	/* lock_fd stays open (and locked) for the keeper's lifetime. */
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	snprintf(addr.sun_path, sizeof addr.sun_path, "%s/%s", dir, KEEPER_SOCKET_NAME);
-	unlink(addr.sun_path); /* a dead keeper's socket */
-	listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (listen_fd < 0 || bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-	    listen(listen_fd, 64) != 0) {
-		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
-		exit(1);
 	}
-	int pid_fd = open_in(dir, KEEPER_PID_NAME, O_WRONLY | O_CREAT | O_TRUNC);
-	if (pid_fd >= 0) {
-		dprintf(pid_fd, "%ld\n", (long)getpid());
-		sys_close(pid_fd);
-	}
+	lock_fd = fd;
 	return true;
 }
 
-static void stop_listening(const char *dir)
+static void write_pid_file(void)
 {
-	char path[PATH_MAX];
-	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_SOCKET_NAME);
-	unlink(path);
+	if (pid_fd >= 0)
+		sys_close(pid_fd);
+	pid_fd = open(pid_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (pid_fd >= 0)
+		dprintf(pid_fd, "%ld\n", (long)getpid());
+}
+
+/* Only one keeper per runtime directory (and pid namespace): the one that
+ * holds the lock file.  Returns false if another keeper is already serving
+ * (or we cannot listen). */
+static bool become_the_keeper(void)
+{
+	if (!hold_lock_file())
+		return false;
+	/* The pid file first: whoever reaches the socket can read who we are. */
+	write_pid_file();
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path);
+	unlink(addr.sun_path); /* a dead keeper's socket: the lock file says none lives */
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(fd, 64) != 0) {
+		log_error("keeper: cannot listen on %s: %s", addr.sun_path, strerror(errno));
+		if (fd >= 0)
+			sys_close(fd);
+		unlink_pid_file_if_ours();
+		return false;
+	}
+	listen_fd = fd;
+	socket_id = file_id_of(socket_path);
+	return true;
+}
+
+static void stop_listening(void)
+{
+	if (listen_fd < 0)
+		return;
+	unlink_if_ours(socket_path, socket_id); /* before the close: see socket_id */
 	sys_close(listen_fd);
-	snprintf(path, sizeof path, "%s/%s", dir, KEEPER_PID_NAME);
-	unlink(path);
+	listen_fd = -1;
+	unlink_pid_file_if_ours();
+}
+
+static int log_fd = -1; /* keeper.log, unless --foreground: stderr */
+
+static void open_log_file(void)
+{
+	int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	log_set_fd(fd);
+	if (log_fd >= 0)
+		sys_close(log_fd);
+	log_fd = fd;
+}
+
+/* Clients find us by our socket's name.  If it is gone or another's, we
+ * can't be found: what we hold stays held until released (we still are its
+ * holder), and we serve again when we can -- at once if nobody else does
+ * (our directory was removed), or once another keeper has exited. */
+static void keep_listening(int64_t now)
+{
+	if (now < next_listen_check)
+		return;
+	next_listen_check = now + LISTEN_CHECK_NS;
+	if (listen_fd >= 0 && file_is(socket_path, socket_id))
+		return;
+	bool was_listening = listen_fd >= 0;
+	if (was_listening) {
+		sys_close(listen_fd);
+		listen_fd = -1;
+	}
+	if (become_the_keeper()) {
+		if (log_fd >= 0)
+			open_log_file(); /* the old one went with the directory */
+		log_warn("keeper: %s was removed or replaced: listening there again", socket_path);
+	}
+	else if (was_listening)
+		log_warn("keeper: %s was removed or replaced, and another keeper serves now: "
+			 "keeping what we hold until it is released", socket_path);
+}
+
+/* We may serve many clients, whatever limit the program that started us
+ * had; some descriptors stay free for the share's files and /proc. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	max_conns = rl.rlim_cur > RESERVED_FDS + 1 ? MIN(rl.rlim_cur - RESERVED_FDS, MAX_CONNS) : 1;
+}
+
+static bool name_our_files(const char *dir)
+{
+	runtime_dir = dir;
+	return keeper_file(lock_path, sizeof lock_path, dir, KEEPER_LOCK_NAME) == 0 &&
+	       keeper_file(socket_path, sizeof socket_path, dir, KEEPER_SOCKET_NAME) == 0 &&
+	       strlen(socket_path) < sizeof ((struct sockaddr_un *)0)->sun_path &&
+	       keeper_file(pid_path, sizeof pid_path, dir, KEEPER_PID_NAME) == 0 &&
+	       keeper_file(log_path, sizeof log_path, dir, "keeper.log") == 0;
 }
 
 static void usage(FILE *to, int status)
@@ -1632,9 +1836,18 @@ int main(int argc, char **argv)
 		default: usage(stderr, 2);
 		}
 	}
-	if (dir == NULL || optind != argc)
+	if (dir == NULL || dir[0] != '/' || optind != argc)
 		usage(stderr, 2);
 	log_set_level((enum log_level)level);
+	/* Not the starting program's working directory: it may be on a share
+	 * that someone wants to unmount. */
+	if (chdir("/") != 0)
+		return 1;
+	if (!name_our_files(dir)) {
+		log_error("keeper: cannot name its files in %s: %s", dir, strerror(errno ? errno : ENAMETOOLONG));
+		return 1;
+	}
+	raise_fd_limit();
 
 	/* Detach: the process the shim started exits at once, so the keeper is
 	 * nobody's child and no program waits for it. */
@@ -1644,9 +1857,7 @@ int main(int argc, char **argv)
 			return 1;
 		if (pid > 0)
 			_exit(0);
-		int log_fd = open_in(dir, "keeper.log", O_WRONLY | O_CREAT | O_APPEND);
-		if (log_fd >= 0)
-			log_set_fd(log_fd);
+		open_log_file();
 	}
 	signal(SIGPIPE, SIG_IGN);
 	struct sigaction sa = { .sa_handler = on_stop_signal };
@@ -1669,7 +1880,7 @@ int main(int argc, char **argv)
 	may_linger = in_initial_pid_namespace("/proc/self/ns/pid");
 	proc_lists_every_lock = proc_is_initial_pid_namespace();
 
-	bool serving = become_the_keeper(dir);
+	bool serving = become_the_keeper();
 	/* Before any sidecar names us: the record is what proves our death. */
 	int err = serving ? keeper_register(dir, me.keeper_id) : 0;
 	if (err != 0)
@@ -1683,8 +1894,9 @@ int main(int argc, char **argv)
 	}
 	if (!serving)
 		return 0;
+	next_listen_check = mono_ns() + LISTEN_CHECK_NS;
 	serve();
-	stop_listening(dir);
+	stop_listening();
 	shut_down();
 	return 0;
 }

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# The keeper in its environment: a runtime directory removed under it, one
+# squatted by another user, a low descriptor limit and idle connections, the
+# working directory it was started in, a runtime directory shared with a
+# container (another pid namespace).
+. "$(dirname "$0")/locking.sh"
+
+setUp() { rig_setup; TEST_UID=; }
+tearDown() {
+  local d
+  if [ -n "$TEST_UID" ]; then
+    for d in /tmp/uuidlock-"$TEST_UID" /tmp/uuidlock-"$TEST_UID"-*; do
+      [ -r "$d/keeper.pid" ] && _rig_kill 5 "$(cat "$d/keeper.pid")"
+      rm -rf "$d"
+    done
+  fi
+  rig_teardown
+}
+
+# wait_for_line FILE TEXT: until FILE has a line containing TEXT (10 s at most).
+wait_for_line() {
+  local i
+  for i in $(seq 1000); do
+    grep -qF -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.01
+  done
+  return 1
+}
+
+# keeper_cpu_ticks PID: user + system time so far, in clock ticks.
+keeper_cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
+test_runtime_dir_removed_under_a_live_keeper() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local first; first=$(keeper_pid)
+  rm -rf "$UUIDLOCK_RUNTIME_DIR"
+  # The next lock call finds no socket and starts a second keeper (unless
+  # the first one has put its socket back already).
+  assertEquals "a lock right after the removal" 0 "$(shimmed flock -w 10 "$C1/g" true; echo $?)"
+  local second; second=$(keeper_pid)
+  assertEquals "the first keeper still holds f" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  # The same host identity, a live keeper pid: not "a dead keeper on this host".
+  assertEquals "this host's new keeper respects it too" 75 "$(probe "$C2/f")"
+  release_holder
+  # The first keeper goes (at idle, or as here at SIGTERM: the same steps).
+  if [ "$second" != "$first" ]; then
+    _rig_kill 5 "$first"
+    assertTrue "the second keeper's socket is left alone" "[ -S '$UUIDLOCK_RUNTIME_DIR/keeper.sock' ]"
+    assertEquals "its pid file too" "$second" "$(keeper_pid)"
+  fi
+  local t0=$EPOCHREALTIME
+  assertEquals "locks keep working" 0 "$(shimmed flock -w 10 "$C1/h" true 2>"$RIG/err"; echo $?)"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s: $(cat "$RIG/err")" "between $took 0 3"
+  assertNotContains "$(cat "$RIG/err")" "uuidlock:"
+  wait_no_sidecars
+}
+
+test_keeper_puts_back_a_removed_socket() {
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  local k; k=$(keeper_pid)
+  rm -rf "$UUIDLOCK_RUNTIME_DIR"
+  # No lock call meanwhile: the keeper itself notices, within seconds.
+  wait_for_file "$UUIDLOCK_RUNTIME_DIR/keeper.sock" 10 || fail "the keeper never listened again"
+  assertEquals "the same keeper" "$k" "$(keeper_pid)"
+  wait_for_line "$UUIDLOCK_RUNTIME_DIR/keeper.log" "was removed or replaced: listening there again" ||
+    fail "it says so in its new log: $(cat "$UUIDLOCK_RUNTIME_DIR/keeper.log")"
+  assertEquals "and f is still held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  release_holder
+  assertEquals "it answers" 0 "$(shimmed flock -w 10 "$C2/f" true; echo $?)"
+  assertEquals "no second keeper was needed" "$k" "$(keeper_pid)"
+  wait_no_sidecars
+}
+
+test_keeper_leaves_the_working_directory() {
+  (cd "$C1" && shimmed flock f true) || fail "lock from a working directory on the share"
+  local k; k=$(keeper_pid)
+  assertEquals "the keeper's working directory" / "$(readlink "/proc/$k/cwd")"
+  fusermount3 -u "$C1" 2>"$RIG/err"
+  assertEquals "unmounting the share with the keeper alive: $(cat "$RIG/err")" 0 $?
+}
+
+test_keeper_raises_its_descriptor_limit() {
+  (ulimit -S -n 64 && shimmed flock "$C1/f" true) || fail "lock with a soft limit of 64"
+  local soft hard
+  read -r soft hard < <(awk '/^Max open files/ { print $4, $5 }' "/proc/$(keeper_pid)/limits")
+  assertEquals "soft limit raised to the hard one" "$hard" "$soft"
+}
+
+test_idle_connections_neither_spin_nor_block_the_keeper() {
+  # A hard limit of 64 too: the keeper can't raise it, and 80 connections
+  # that never send anything would take every descriptor it has.
+  (ulimit -n 64 && shimmed flock "$C1/f" true) || fail "lock with a limit of 64"
+  local k; k=$(keeper_pid)
+  python3 - "$UUIDLOCK_RUNTIME_DIR/keeper.sock" "$RIG/idle_ready" "$RIG/idle_go" <<'EOF' &
+import os, socket, sys, time
+conns = []
+for _ in range(80):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(sys.argv[1])  # blocking: waits while the backlog is full
+    conns.append(s)
+open(sys.argv[2], "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.05)
+EOF
+  local idle=$!
+  wait_for_file "$RIG/idle_ready" 20 || fail "80 connections never made"
+  local t0 c0; t0=$EPOCHREALTIME c0=$(keeper_cpu_ticks "$k")
+  until between "$(elapsed_since "$t0")" 1 1e9; do sleep 0.05; done
+  local used=$(( $(keeper_cpu_ticks "$k") - c0 ))
+  assertTrue "the keeper used $used ticks of CPU in 1 s with 80 idle connections" "[ $used -le 20 ]"
+  t0=$EPOCHREALTIME
+  assertEquals "a lock call behind them" 0 "$(shimmed flock -w 60 "$C1/f" true 2>"$RIG/err"; echo $?)"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "took ${took}s: $(cat "$RIG/err")" "between $took 0 30"
+  touch "$RIG/idle_go"; wait "$idle"
+}
+
+# Another user, by number: no passwd entry needed, nobody else uses it.
+make_test_user() {
+  TEST_UID=$((3000000 + $$ % 100000))
+  chmod 0711 "$RIG"   # it may pass through, to its directories
+  mkdir -m 0777 "$RIG/loc"
+}
+as_test_user() { # CMD...: under the shim as TEST_UID, managing $RIG/loc only
+  env -u UUIDLOCK_RUNTIME_DIR UUIDLOCK_PATHS="$RIG/loc" \
+    setpriv --reuid="$TEST_UID" --regid="$TEST_UID" --clear-groups \
+    env LD_PRELOAD="$SHIM_PRELOAD" "$@"
+}
+
+test_squatted_tmp_runtime_dir_is_passed_over() {
+  make_test_user
+  mkdir -m 0700 "/tmp/uuidlock-$TEST_UID" && chown 65534 "/tmp/uuidlock-$TEST_UID"
+  as_test_user env -u XDG_RUNTIME_DIR flock "$RIG/loc/f" true 2>"$RIG/err"
+  assertEquals "a lock with its directory squatted: $(cat "$RIG/err")" 0 $?
+  assertContains "the squatter is named" "$(cat "$RIG/err")" \
+    "/tmp/uuidlock-$TEST_UID belongs to uid 65534, not to us: using /tmp/uuidlock-$TEST_UID-1 instead"
+  assertTrue "its keeper lives there" "[ -S /tmp/uuidlock-$TEST_UID-1/keeper.sock ]"
+  assertEquals "again, the same keeper" 0 "$(as_test_user env -u XDG_RUNTIME_DIR flock "$RIG/loc/f" true \
+    2>/dev/null; echo $?)"
+  assertEquals "one keeper" 1 "$(ls -d /tmp/uuidlock-"$TEST_UID"-* | wc -l)"
+}
+
+test_squatter_symlink_and_next_name_taken_too() {
+  make_test_user
+  ln -s "$RIG/loc" "/tmp/uuidlock-$TEST_UID"
+  mkdir -m 0700 "/tmp/uuidlock-$TEST_UID-1" && chown 65534 "/tmp/uuidlock-$TEST_UID-1"
+  as_test_user env -u XDG_RUNTIME_DIR flock "$RIG/loc/f" true 2>"$RIG/err"
+  assertEquals "a lock: $(cat "$RIG/err")" 0 $?
+  assertContains "$(cat "$RIG/err")" "/tmp/uuidlock-$TEST_UID belongs to uid 0 (and is no directory), not to us: using /tmp/uuidlock-$TEST_UID-2 instead"
+  assertTrue "its keeper lives there" "[ -S /tmp/uuidlock-$TEST_UID-2/keeper.sock ]"
+  assertFalse "nothing of it behind the symlink" "[ -e '$RIG/loc/keeper.sock' ]"
+}
+
+test_runtime_dir_defaults_to_xdg_runtime_dir() {
+  make_test_user
+  mkdir -m 0700 "$RIG/xdg" && chown "$TEST_UID" "$RIG/xdg"
+  assertEquals "a lock" 0 "$(XDG_RUNTIME_DIR=$RIG/xdg as_test_user flock "$RIG/loc/f" true; echo $?)"
+  assertTrue "the keeper lives in XDG_RUNTIME_DIR" "[ -S '$RIG/xdg/uuidlock/keeper.sock' ]"
+  assertFalse "not in /tmp" "[ -e /tmp/uuidlock-$TEST_UID ]"
+  # Someone else's (su keeps the variable): not ours to use.
+  mkdir -m 0700 "$RIG/xdg-root"
+  assertEquals "a lock" 0 "$(XDG_RUNTIME_DIR=$RIG/xdg-root as_test_user flock "$RIG/loc/g" true; echo $?)"
+  assertTrue "the keeper lives in /tmp" "[ -S /tmp/uuidlock-$TEST_UID/keeper.sock ]"
+}
+
+test_runtime_dir_shared_with_a_container_gets_two_keepers() {
+  # The container's process starts a keeper there first; its /proc can't
+  # name the host's processes, nor list their locks.
+  (UUIDLOCK_RUNTIME_DIR=$RIG/run unshare --pid --fork --kill-child --mount-proc \
+    env LD_PRELOAD="$SHIM_PRELOAD" "$LOCKDRV" open:5:"$C1/g" ex:5 touch:"$RIG/ct_held" wait:"$RIG/ct_go" un:5 \
+    >"$RIG/ct.out" 2>&1) &
+  local ct=$!
+  wait_for_file "$RIG/ct_held" || fail "the container never locked"
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go"
+  held
+  assertEquals "another host waits for the host's lock" 75 \
+    "$(other_host flock -w 1 -E 75 "$C2/f" true; echo $?)"
+  assertEquals "and for the container's" 75 "$(other_host flock -w 0.2 -E 75 "$C2/g" true; echo $?)"
+  local pidfiles; pidfiles=$(cd "$RIG/run" && ls keeper*.pid | tr '\n' ' ')
+  assertEquals "two keepers: $pidfiles" 2 "$(ls "$RIG"/run/keeper*.pid | wc -l)"
+  release_holder
+  touch "$RIG/ct_go"; wait "$ct"
+  assertEquals "$(cat "$RIG/ct.out")" 0 "$(grep -c ' err E' "$RIG/ct.out")"
+  wait_no_sidecars
+}
+
+. shunit2
