@@ -34,6 +34,8 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -395,11 +397,47 @@ static void give_up(struct entry *e, int err, const char *what)
 	free_entry(e);
 }
 
+/* Is the sidecar's directory on the locked file's filesystem?  The keeper
+ * works by path: after a lazy unmount (fusermount3 -u -z, an automounter's
+ * expiry) a waiter's descriptor still reaches the share, but the sidecar's
+ * path now names the empty local directory under the mount point, where a
+ * sidecar would exclude no other host. */
+static bool sidecar_dir_on_share(const struct entry *e)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", e->hold.path);
+	char *slash = strrchr(dir, '/');
+	if (slash == NULL)
+		return false;
+	slash[slash == dir] = '\0'; /* "/f.lock": the root directory */
+	/* The device is the client's: DONT_SYNC spares the share a GETATTR. */
+	struct statx sx;
+	if (statx(AT_FDCWD, dir, AT_STATX_DONT_SYNC, STATX_TYPE, &sx) != 0)
+		return false;
+	uint64_t dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+	for (unsigned i = 0; i < e->ninodes; i++)
+		if (e->inode[i].dev == dev)
+			return true;
+	return false;
+}
+
+static void give_up_unmounted(struct entry *e)
+{
+	char msg[512];
+	snprintf(msg, sizeof msg, "cannot create sidecar %s: its directory is not on the locked file's "
+		 "filesystem any more (unmounted?)", e->hold.path);
+	log_error("%s", msg);
+	reply_waiters(e, false, KEEPER_FAILED, ENOLCK, msg);
+	free_entry(e);
+}
+
 /* Advances e through the protocol of sidecar.c: create, then verify. */
 static void step(struct entry *e, int64_t now)
 {
 	if (e->state == WAITING && count_waiters(e) == 0)
 		return free_entry(e); /* yielded for a process that never asked */
+	if (e->state == WAITING && !sidecar_dir_on_share(e))
+		return give_up_unmounted(e);
 	if (e->state == WAITING) {
 		sidecar_new_token(&e->hold, e->prefix);
 		int err = sidecar_create(&e->hold, &e->holder);
