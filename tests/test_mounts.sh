@@ -25,4 +25,20 @@ test_waiter_on_a_lazily_unmounted_share_fails() {
   assertFalse "no sidecar in the local directory" "[ -e '$C2/f$SFX' ]"
 }
 
+# 13.9: one file with two names would get two sidecars, so two holders.
+# bindfs passes the real link count through (sshfs always says 1: a limit).
+test_hard_linked_file_is_refused() {
+  [ "${UUIDLOCK_TEST_SHARE:-bindfs}" = bindfs ] || { startSkipping; return; }
+  echo data >"$RIG/srv/f" && ln "$RIG/srv/f" "$RIG/srv/g"
+  shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 >"$RIG/a.out" 2>"$RIG/a.err"
+  assertEquals "a lock through one name fails" "ex:5 err ENOLCK" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "it says why" "$(cat "$RIG/a.err")" "uuidlock: refusing to lock $C1/f: it has 2 hard links"
+  shimmed "$LOCKDRV" open:5:"$C2/g" exnb:5 >"$RIG/b.out" 2>&1
+  assertEquals "and through the other" "exnb:5 err ENOLCK" "$(grep '^exnb:5' "$RIG/b.out")"
+  assertFalse "no sidecar made" "[ -e '$RIG/srv/f$SFX' ] || [ -e '$RIG/srv/g$SFX' ]"
+  rm "$RIG/srv/g"
+  shimmed "$LOCKDRV" open:5:"$C1/f" ex:5 >"$RIG/c.out" 2>&1
+  assertEquals "one name again: locked" "ex:5 ok" "$(grep '^ex:5' "$RIG/c.out")"
+}
+
 . shunit2

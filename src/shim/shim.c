@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +156,15 @@ static bool resolve_current_name(char *path, const struct stat *st)
 	return names_file(path, st);
 }
 
+/* The sidecar is named after the name we lock through: a file with another
+ * name (a hard link) could be locked through that one by another host at
+ * the same time.  Shares that make link counts up (sshfs: always 1) can't
+ * tell; a directory's count is its subdirectories. */
+static bool has_other_names(const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1;
+}
+
 /* Resolving the managed directories costs round trips to the share: do it
  * once, at the first lock call that needs it, not at every program's start. */
 static void resolve_dirs_once(void)
@@ -196,6 +206,11 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
 		return REFUSED; /* reported at start-up */
+	if (has_other_names(&st)) {
+		log_error("refusing to lock %s: it has %ju hard links, and each name would get a sidecar of its own",
+			  path, (uintmax_t)st.st_nlink);
+		return REFUSED;
+	}
 	if (!resolve_current_name(path, &st)) {
 		log_error("refusing to lock %s: the file was deleted or replaced, other clients can't see it", path);
 		return REFUSED;
