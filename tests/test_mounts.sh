@@ -25,6 +25,51 @@ test_waiter_on_a_lazily_unmounted_share_fails() {
   assertFalse "no sidecar in the local directory" "[ -e '$C2/f$SFX' ]"
 }
 
+# 13.5: UUIDLOCK_PATHS names a directory the share is mounted below, as
+# users write it (/mnt, /home, /net): the share's files are managed too.
+test_share_mounted_below_a_managed_directory() {
+  export UUIDLOCK_PATHS=$RIG   # the clients are $RIG/c1 and $RIG/c2
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go" un:5
+  held
+  assertTrue "the holder made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
+  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  release_holder
+  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
+  assertEquals "then free" 0 "$(probe "$C2/f")"
+  wait_no_sidecars
+}
+
+# 13.6: a long-running program whose share is unmounted and mounted again
+# (with another device number) must still make a sidecar for its next lock.
+test_share_remounted_under_a_running_program() {
+  local before after
+  before=$(stat -c %d "$C1")
+  hold open:5:"$C1/f" ex:5 touch:"$RIG/held" wait:"$RIG/go1" un:5 close:5 touch:"$RIG/closed" \
+    wait:"$RIG/remounted" open:5:"$C1/f" ex:5 touch:"$RIG/held2" wait:"$RIG/go" un:5
+  held
+  assertTrue "the first lock made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
+  touch "$RIG/go1"
+  wait_for_file "$RIG/closed" || fail "the holder never closed"
+  wait_no_sidecars
+  _rig_umount "$C1" || fail "unmount $C1"
+  # Another mount takes the device number (and mount id) $C1 had, so that
+  # the new $C1 gets new ones, as a real remount often does.
+  local pid
+  _rig_mount_start "$RIG/squatter" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/squatter" "$pid" ||
+    fail "mount the squatter"
+  _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
+  _rig_umount "$RIG/squatter"
+  after=$(stat -c %d "$C1")
+  assertNotEquals "the remount has another device number" "$before" "$after"
+  touch "$RIG/remounted"
+  wait_for_file "$RIG/held2" || fail "the holder never locked again"
+  assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
+  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  release_holder
+  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
+  wait_no_sidecars
+}
+
 # 13.9: one file with two names would get two sidecars, so two holders.
 # bindfs passes the real link count through (sshfs always says 1: a limit).
 test_hard_linked_file_is_refused() {

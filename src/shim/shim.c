@@ -1,10 +1,13 @@
 #include "shim.h"
 
+#include "mounts.h"
+
 #include "../core/log.h"
 #include "../core/keeper_proto.h"
 #include "../core/netfs.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -12,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -108,6 +112,36 @@ const char *shim_keeper_program(void)
 static void resolve_dirs_body(void)
 {
 	config_resolve_dirs(&shim_config);
+	if (!shim_config.paths_invalid)
+		mounts_refresh(&shim_config);
+}
+
+/* Below a managed directory by name (a mount below it is managed whole). */
+static bool below_managed_dir(const char *path)
+{
+	for (unsigned i = 0; i < shim_config.ndirs; i++) {
+		const struct managed_dir *d = &shim_config.dirs[i];
+		if (strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
+			return true;
+	}
+	return false;
+}
+
+/* fstat, plus the descriptor's mount (MOUNT_ID_UNKNOWN before Linux 5.8):
+ * one system call either way. */
+static int stat_fd(int fd, struct stat *st, int *mnt_id)
+{
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0)
+		return -1;
+	*st = (struct stat){
+		.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor),
+		.st_ino = sx.stx_ino,
+		.st_mode = sx.stx_mode,
+		.st_nlink = sx.stx_nlink,
+	};
+	*mnt_id = sx.stx_mask & STATX_MNT_ID ? (int)sx.stx_mnt_id : MOUNT_ID_UNKNOWN;
+	return 0;
 }
 
 static const struct managed_dir *dir_containing(const char *path, dev_t dev)
@@ -181,7 +215,8 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 	if (shim_config.paths_invalid)
 		return REFUSED; /* reported: we can't tell what is managed */
 	struct stat st;
-	if (fstat(fd, &st) != 0) {
+	int mnt_id;
+	if (stat_fd(fd, &st, &mnt_id) != 0) {
 		if (errno == EBADF)
 			return NOT_MANAGED; /* libc will say EBADF */
 		if (errno == ENOENT) /* FUSE: another client deleted the file */
@@ -191,7 +226,8 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	}
 	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
-	if (!auto_managed && !on_managed_device(st.st_dev))
+	bool managed_mount = mounts_managed(&shim_config, mnt_id, st.st_dev);
+	if (!auto_managed && !managed_mount && !on_managed_device(st.st_dev))
 		return NOT_MANAGED;
 
 	char link[32], path[PATH_MAX];
@@ -202,7 +238,7 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	}
 	path[n] = '\0';
-	if (!auto_managed && dir_containing(path, st.st_dev) == NULL)
+	if (!auto_managed && !(managed_mount && below_managed_dir(path)) && dir_containing(path, st.st_dev) == NULL)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
 		return REFUSED; /* reported at start-up */
