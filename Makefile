@@ -19,7 +19,7 @@ MANDIR  := $(PREFIX)/share/man
 CORE_SRC := $(wildcard src/core/*.c)
 # The part of the core the preloaded library needs: not the protocol itself
 # (the keeper runs it), so programs don't load libuuid for nothing.
-SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/netfs.c
+SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/mountinfo.c src/core/netfs.c
 SHIM_SRC := $(wildcard src/shim/*.c)
 KEEPER_SRC := src/keeper/keeper.c
 HEADERS := $(wildcard src/*/*.h)

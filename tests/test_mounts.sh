@@ -5,8 +5,54 @@
 # (issue 13).
 . "$(dirname "$0")/locking.sh"
 
-setUp() { rig_setup; }
-tearDown() { rig_teardown; }
+setUp() { rig_setup; EXTRA_MOUNTS=(); }
+tearDown() {
+  local m
+  for m in "${EXTRA_MOUNTS[@]}"; do _rig_umount "$m"; done
+  rig_teardown
+}
+
+# sshfs_client DIR [OPTIONS]: a third sshfs client of the share, mounted with
+# sshfs's and FUSE's defaults plus OPTIONS (the rig's own turn all caches off).
+sshfs_client() {
+  local pid
+  [ -d "$RIG/ssh" ] || _rig_ssh_prepare || return 1
+  mkdir -p "$1"
+  pid=$(env -u UUIDLOCK_RIG sshfs -f -F "$RIG/ssh/ssh_config" ${2:+-o "$2"} "rig:$RIG/srv" "$1" \
+          </dev/null >>"$RIG/sshfs.log" 2>&1 & echo $!)
+  _RIG_FUSE_PIDS+=" $pid" EXTRA_MOUNTS+=("$1")
+  _rig_mount_wait "$1" "$pid"
+}
+
+# grow CLIENTDIR N: N times, under flock on one long-lived descriptor, read
+# the whole of CLIENTDIR/g and append the next line number at its end.  A
+# stale size (cached attributes) makes it write over another client's line.
+grow() {
+  python3 - "$1/g" "$2" <<'PY'
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for _ in range(int(sys.argv[2])):
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    data = b""
+    while True:
+        chunk = os.pread(fd, 65536, len(data))
+        if not chunk:
+            break
+        data += chunk
+    os.pwrite(fd, b"%d\n" % (len(data.splitlines()) + 1), len(data))
+    os.fsync(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+PY
+}
+
+# grow_from_two_hosts DIR1 DIR2: 2 x 40 appends, one host on each client.
+grow_from_two_hosts() {
+  : >"$RIG/srv/g"
+  (LD_PRELOAD=$SHIM_PRELOAD grow "$1" 40 2>"$RIG/grow1.err") & local a=$!
+  (export -f grow; other_host bash -c 'grow "$1" 40' sh "$2" 2>"$RIG/grow2.err") & local b=$!
+  wait "$a"; assertEquals "host 1: $(cat "$RIG/grow1.err")" 0 $?
+  wait "$b"; assertEquals "host 2: $(cat "$RIG/grow2.err")" 0 $?
+}
 
 # 13.4: after a lazy unmount the waiter's descriptor still reaches the share,
 # but "$C2/f.lock" names the empty local directory: the keeper must fail the
@@ -68,6 +114,30 @@ test_share_remounted_under_a_running_program() {
   release_holder
   assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
   wait_no_sidecars
+}
+
+# 13.2: FUSE caches attributes (attr_timeout, 1 s by default): after taking
+# a lock the client must ask the server for the file's size and mtime.
+test_attribute_cache_is_revalidated_after_locking() {
+  sshfs_client "$RIG/c3" dir_cache=no && sshfs_client "$RIG/c4" dir_cache=no || fail "mount"
+  export UUIDLOCK_PATHS=$RIG/c3:$RIG/c4
+  grow_from_two_hosts "$RIG/c3" "$RIG/c4"
+  assertEquals "every update kept" "$(seq 80)" "$(cat "$RIG/srv/g")"
+  assertNotContains "no warning: sshfs's cache is off" "$(cat "$RIG/grow1.err")" "uuidlock:"
+}
+
+# 13.2: sshfs's own cache (on by default) can't be revalidated by any call:
+# the first lock on such a mount says so, and so does `uuidlock run`.
+test_sshfs_own_cache_is_reported() {
+  sshfs_client "$RIG/c3" && sshfs_client "$RIG/c4" || fail "mount"
+  export UUIDLOCK_PATHS=$RIG/c3:$RIG/c4
+  grow_from_two_hosts "$RIG/c3" "$RIG/c4"
+  local said="uuidlock: $RIG/c3 is an sshfs mount with sshfs's own cache on"
+  assertEquals "one warning per process: $(cat "$RIG/grow1.err")" 1 "$(grep -c "^$said" "$RIG/grow1.err")"
+  assertContains "it names the options" "$(cat "$RIG/grow1.err")" "-o dir_cache=no"
+  assertContains "uuidlock run too" "$("$TOP/build/uuidlock" run -p "$RIG" true 2>&1)" \
+    "$RIG/c4 is an sshfs mount with sshfs's own cache on"
+  assertNotContains "not for the rig's clients" "$("$TOP/build/uuidlock" run -p "$C1" true 2>&1)" "cache on"
 }
 
 # 13.9: one file with two names would get two sidecars, so two holders.

@@ -1,15 +1,13 @@
 #include "mounts.h"
 
 #include "../core/log.h"
-#include "../core/sys.h"
+#include "../core/mountinfo.h"
 
 #include <errno.h>
-#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define MAX_MOUNTS 2048
@@ -17,6 +15,7 @@
 struct mount_entry {
 	int id;
 	bool managed;
+	bool sshfs;
 	uint64_t dev; /* 0: the files report devices of their own (see any_device) */
 };
 
@@ -59,22 +58,6 @@ static bool any_device(const char *type)
 	return strcmp(type, "btrfs") == 0 || strcmp(type, "overlay") == 0 || strcmp(type, "bcachefs") == 0;
 }
 
-/* mountinfo writes ' ', '\t', '\n' and '\\' in paths as \ooo. */
-static void unescape(char *s)
-{
-	char *out = s;
-	for (; *s != '\0'; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
-		    s[3] <= '7') {
-			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*out++ = *s;
-		}
-	}
-	*out = '\0';
-}
-
 /* Is path at or below dir (a resolved managed directory)? */
 static bool at_or_below(const char *path, const struct managed_dir *d)
 {
@@ -97,80 +80,27 @@ struct parse {
 	int best[CONFIG_MAX_DIRS];        /* mount point above it, the last of equals */
 };
 
-/* One line: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - TYPE SOURCE SUPEROPTS". */
-static void parse_line(struct parse *p, char *line)
+static void add_mount(const struct mountinfo_line *m, void *arg)
 {
-	char *field[6], *save = NULL;
-	int n = 0;
-	for (char *f = line; n < 6 && (field[n] = strtok_r(f, " ", &save)) != NULL; f = NULL)
-		n++;
-	if (n < 6 || p->t->n == MAX_MOUNTS)
+	struct parse *p = arg;
+	if (p->t->n == MAX_MOUNTS)
 		return;
-	char *type = NULL, *f;
-	while ((f = strtok_r(NULL, " ", &save)) != NULL)
-		if (strcmp(f, "-") == 0) {
-			type = strtok_r(NULL, " ", &save);
-			break;
-		}
-	unsigned major, minor;
-	if (type == NULL || sscanf(field[2], "%u:%u", &major, &minor) != 2)
-		return;
-	char *mp = field[4];
-	unescape(mp);
 	struct mount_entry *e = &p->t->e[p->t->n];
-	e->id = atoi(field[0]);
-	e->dev = any_device(type) ? 0 : (uint64_t)makedev(major, minor);
+	e->id = m->id;
+	e->dev = any_device(m->type) ? 0 : m->dev;
 	e->managed = false;
-	for (unsigned i = 0; i < p->c->ndirs && !kernel_fs(type); i++) {
+	e->sshfs = strcmp(m->type, "fuse.sshfs") == 0;
+	for (unsigned i = 0; i < p->c->ndirs && !kernel_fs(m->type); i++) {
 		const struct managed_dir *d = &p->c->dirs[i];
-		if (at_or_below(mp, d))
+		size_t len = strlen(m->mount_point);
+		if (at_or_below(m->mount_point, d))
 			e->managed = true;
-		if (contains_dir(mp, d) && strlen(mp) >= p->best_len[i]) {
-			p->best_len[i] = strlen(mp);
+		if (contains_dir(m->mount_point, d) && len >= p->best_len[i]) {
+			p->best_len[i] = len;
 			p->best[i] = (int)p->t->n;
 		}
 	}
 	p->t->n++;
-}
-
-/* Feeds mountinfo to parse_line, line by line, through a fixed buffer. */
-static bool read_mountinfo(struct parse *p)
-{
-	static char buf[16384]; /* only the refresher, under refresh_lock */
-	int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	size_t have = 0;
-	bool ok = true, skipping = false;
-	for (;;) {
-		ssize_t got = read(fd, buf + have, sizeof buf - 1 - have);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0) {
-			ok = false;
-			break;
-		}
-		if (got == 0)
-			break;
-		have += (size_t)got;
-		buf[have] = '\0';
-		char *line = buf, *nl;
-		while ((nl = strchr(line, '\n')) != NULL) {
-			*nl = '\0';
-			if (!skipping)
-				parse_line(p, line);
-			skipping = false;
-			line = nl + 1;
-		}
-		have = strlen(line);
-		memmove(buf, line, have);
-		if (have == sizeof buf - 1) { /* a line longer than the buffer: no path of ours */
-			skipping = true;
-			have = 0;
-		}
-	}
-	sys_close(fd);
-	return ok;
 }
 
 static void fill_table(const struct config *c, struct mount_table *t)
@@ -180,7 +110,7 @@ static void fill_table(const struct config *c, struct mount_table *t)
 		p.best[i] = -1;
 	static bool said;
 	t->n = 0;
-	t->unreadable = !read_mountinfo(&p);
+	t->unreadable = !mountinfo_each(add_mount, &p);
 	if (t->unreadable && !said)
 		log_warn("cannot read /proc/self/mountinfo (%s): filesystems mounted below managed "
 			 "directories are not managed", strerror(errno));
@@ -220,6 +150,76 @@ void mounts_refresh(const struct config *c)
 	fill_table(c, t);
 	__atomic_add_fetch(&t->gen, 1, __ATOMIC_RELEASE);
 	__atomic_store_n(&current, spare, __ATOMIC_RELEASE);
+	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&refresh_lock);
+	errno = saved;
+}
+
+/* The entry of a mount, in a copy: the table may be rewritten meanwhile. */
+static bool entry_of(int mnt_id, uint64_t dev, struct mount_entry *out)
+{
+	for (;;) {
+		const struct mount_table *t = &tables[__atomic_load_n(&current, __ATOMIC_ACQUIRE)];
+		unsigned gen = __atomic_load_n(&t->gen, __ATOMIC_ACQUIRE);
+		if (gen % 2 != 0)
+			continue;
+		bool found = false;
+		for (unsigned i = 0; i < t->n && !found; i++)
+			if (t->e[i].id == mnt_id && (t->e[i].dev == 0 || t->e[i].dev == dev)) {
+				*out = t->e[i];
+				found = true;
+			}
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&t->gen, __ATOMIC_RELAXED) == gen)
+			return found;
+	}
+}
+
+struct point_of {
+	int id;
+	char path[PATH_MAX];
+};
+
+static void find_point(const struct mountinfo_line *m, void *arg)
+{
+	struct point_of *p = arg;
+	if (m->id == p->id)
+		snprintf(p->path, sizeof p->path, "%s", m->mount_point);
+}
+
+/* Mounts already judged by mounts_warn_if_caching (more: judged again). */
+static struct { int id; uint64_t dev; } judged[32];
+static unsigned njudged;
+
+static bool judged_before(int mnt_id, uint64_t dev)
+{
+	for (unsigned i = 0; i < njudged; i++)
+		if (judged[i].id == mnt_id && judged[i].dev == dev)
+			return true;
+	if (njudged < sizeof judged / sizeof judged[0])
+		judged[njudged++] = (typeof(judged[0])){ mnt_id, dev };
+	return false;
+}
+
+void mounts_warn_if_caching(int mnt_id, uint64_t dev)
+{
+	struct mount_entry e;
+	if (mnt_id == MOUNT_ID_UNKNOWN || !entry_of(mnt_id, dev, &e) || !e.sshfs)
+		return;
+	pid_t me = gettid();
+	if (__atomic_load_n(&refresher, __ATOMIC_ACQUIRE) == me)
+		return;
+	int saved = errno;
+	pthread_mutex_lock(&refresh_lock);
+	__atomic_store_n(&refresher, me, __ATOMIC_RELEASE);
+	static struct point_of point; /* under refresh_lock, like mountinfo's buffer */
+	point.id = mnt_id;
+	point.path[0] = '\0';
+	if (!judged_before(mnt_id, dev) && mountinfo_each(find_point, &point) && point.path[0] != '\0' &&
+	    sshfs_caches(point.path) == 1)
+		log_warn("%s is an sshfs mount with sshfs's own cache on: another client's changes to a "
+			 "locked file can stay invisible for up to 20 s (lost updates, corrupt databases); "
+			 "mount it with -o %s", point.path, SSHFS_SAFE_OPTIONS);
 	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&refresh_lock);
 	errno = saved;

@@ -20,6 +20,10 @@
  * practice (no allocation, no lock waited for by the thread that holds it). */
 bool mounts_managed(const struct config *c, int mnt_id, uint64_t dev);
 
+/* At the first lock on an sshfs mount that keeps sshfs's own attribute
+ * cache (which no call on this client can revalidate): one warning. */
+void mounts_warn_if_caching(int mnt_id, uint64_t dev);
+
 /* Reads the mount table now (the first lock call's resolution). */
 void mounts_refresh(const struct config *c);
 

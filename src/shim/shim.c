@@ -255,6 +255,7 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		log_error("cannot lock %s: its sidecar's path is too long", path);
 		return REFUSED;
 	}
+	mounts_warn_if_caching(mnt_id, st.st_dev);
 	mf->dev = st.st_dev;
 	mf->ino = st.st_ino;
 	return MANAGED;
