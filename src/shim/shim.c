@@ -226,7 +226,10 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	}
 	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
-	bool managed_mount = mounts_managed(&shim_config, mnt_id, st.st_dev);
+	/* Pipes and sockets live on kernel-internal mounts that mountinfo never
+	 * lists: asking would re-read the table at every lock call on them. */
+	bool managed_mount = !S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) &&
+			     mounts_managed(&shim_config, mnt_id, st.st_dev);
 	if (!auto_managed && !managed_mount && !on_managed_device(st.st_dev))
 		return NOT_MANAGED;
 
