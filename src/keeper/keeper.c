@@ -58,7 +58,6 @@ struct entry {
 	 * more than one if the file was replaced while locked. */
 	struct { uint64_t dev, ino; } inode[MAX_INODES];
 	unsigned ninodes;
-	int dir_mnt_id; /* the sidecar's directory's mount when first asked: see sidecar_dir_on_share */
 	/* The processes that asked us for this sidecar and may still hold a
 	 * lock on the file: another keeper's clients (another user, another
 	 * runtime directory) lock the same file, and must not keep ours.
@@ -398,40 +397,30 @@ static void give_up(struct entry *e, int err, const char *what)
 	free_entry(e);
 }
 
-/* The mount and device of the sidecar's directory (mount -1 if unknown).
- * The device is the client's: DONT_SYNC spares the share a GETATTR. */
-static int sidecar_dir_mount(const struct entry *e, uint64_t *dev)
+/* Is the sidecar's directory still on the locked file's filesystem?  The
+ * keeper works by path: after a lazy unmount (fusermount3 -u -z, an
+ * automounter's expiry) a waiter's descriptor still reaches the share, but
+ * the sidecar's path now names the empty local directory under the mount
+ * point, where a sidecar would exclude no other host.  A file and its
+ * directory share a device (btrfs: one subvolume), except on an overlayfs
+ * whose layers span filesystems without xino: locks there fail, loudly. */
+static bool sidecar_dir_on_share(const struct entry *e)
 {
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof dir, "%s", e->hold.path);
 	char *slash = strrchr(dir, '/');
 	if (slash == NULL)
-		return -1;
-	slash[slash == dir] = '\0'; /* "/f.lock": the root directory */
-	struct statx sx;
-	if (statx(AT_FDCWD, dir, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_MNT_ID, &sx) != 0)
-		return -1;
-	*dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
-	return sx.stx_mask & STATX_MNT_ID ? (int)sx.stx_mnt_id : -1;
-}
-
-/* Is the sidecar's directory still on the locked file's filesystem?  The
- * keeper works by path: after a lazy unmount (fusermount3 -u -z, an
- * automounter's expiry) a waiter's descriptor still reaches the share, but
- * the sidecar's path now names the empty local directory under the mount
- * point, where a sidecar would exclude no other host.  Same device as the
- * file, or (overlayfs: files report their layer's device) the mount the
- * directory was on when the request came. */
-static bool sidecar_dir_on_share(const struct entry *e)
-{
-	uint64_t dev = 0;
-	int mnt_id = sidecar_dir_mount(e, &dev);
-	if (mnt_id < 0 && dev == 0)
 		return false;
+	slash[slash == dir] = '\0'; /* "/f.lock": the root directory */
+	/* The device is the client's: DONT_SYNC spares the share a GETATTR. */
+	struct statx sx;
+	if (statx(AT_FDCWD, dir, AT_STATX_DONT_SYNC, STATX_TYPE, &sx) != 0)
+		return false;
+	uint64_t dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
 	for (unsigned i = 0; i < e->ninodes; i++)
 		if (e->inode[i].dev == dev)
 			return true;
-	return mnt_id >= 0 && mnt_id == e->dir_mnt_id;
+	return false;
 }
 
 static void give_up_unmounted(struct entry *e)
@@ -832,8 +821,6 @@ static struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder = me;
 	e->holder.pid = req->pid;
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
-	uint64_t dev;
-	e->dir_mnt_id = sidecar_dir_mount(e, &dev);
 	e->next = entries;
 	entries = e;
 	return e;
