@@ -101,6 +101,7 @@ test_share_remounted_under_a_running_program() {
   # Another mount takes the device number (and mount id) $C1 had, so that
   # the new $C1 gets new ones, as a real remount often does.
   local pid
+  EXTRA_MOUNTS+=("$RIG/squatter")
   _rig_mount_start "$RIG/squatter" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/squatter" "$pid" ||
     fail "mount the squatter"
   _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
