@@ -131,12 +131,12 @@ deps:
 	fi
 
 # Every suite on the bindfs share; the cross-client suites again on sshfs (and
-# the flock suite with 1 ms added per round trip); the flock, POSIX and crash
-# suites again with the sanitizer build.
+# the flock and mounts suites with 1 ms added per round trip); the flock, POSIX,
+# crash and mounts suites again with the sanitizer build.
 check: deps bench-deps all asan fuzz build/microbench build/bench-empty.so
-	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh" \
-	 UUIDLOCK_SSHFS_1MS="test_flock.sh" \
-	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh" tests/run.sh
+	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh test_mounts.sh" \
+	 UUIDLOCK_SSHFS_1MS="test_flock.sh test_mounts.sh" \
+	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_mounts.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh
