@@ -252,14 +252,39 @@ static enum lookup lookup(int mnt_id, uint64_t dev)
 	}
 }
 
+/* Mounts that were still unknown right after a refresh: internal ones (a
+ * memfd's), another namespace's, a detached one, or a filesystem whose files
+ * report devices mountinfo doesn't show.  Re-reading the table at every lock
+ * on them would find nothing new. */
+#define UNLISTED_SLOTS 8
+static uint64_t unlisted[UNLISTED_SLOTS];
+static unsigned next_unlisted;
+
+static uint64_t mount_key(int mnt_id, uint64_t dev)
+{
+	return ((uint64_t)(unsigned)mnt_id * 0x9E3779B97F4A7C15ULL) ^ dev ^ 1; /* never 0 */
+}
+
+static bool unlisted_before(uint64_t key)
+{
+	for (unsigned i = 0; i < UNLISTED_SLOTS; i++)
+		if (__atomic_load_n(&unlisted[i], __ATOMIC_RELAXED) == key)
+			return true;
+	return false;
+}
+
 bool mounts_managed(const struct config *c, int mnt_id, uint64_t dev)
 {
 	if (mnt_id == MOUNT_ID_UNKNOWN)
 		return false;
 	enum lookup found = lookup(mnt_id, dev);
-	if (found == UNKNOWN) { /* mounted (or remounted) since we last read the table */
+	uint64_t key = mount_key(mnt_id, dev);
+	if (found == UNKNOWN && !unlisted_before(key)) { /* mounted (or remounted) since we read the table */
 		mounts_refresh(c);
 		found = lookup(mnt_id, dev);
+		if (found == UNKNOWN)
+			__atomic_store_n(&unlisted[__atomic_fetch_add(&next_unlisted, 1, __ATOMIC_RELAXED) %
+						   UNLISTED_SLOTS], key, __ATOMIC_RELAXED);
 	}
 	return found == MANAGED;
 }
