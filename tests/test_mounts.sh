@@ -49,6 +49,7 @@ PY
 grow_from_two_hosts() {
   : >"$RIG/srv/g"
   (LD_PRELOAD=$SHIM_PRELOAD grow "$1" 40 2>"$RIG/grow1.err") & local a=$!
+  # shellcheck disable=SC2016 # expanded by the inner bash
   (export -f grow; other_host bash -c 'grow "$1" 40' sh "$2" 2>"$RIG/grow2.err") & local b=$!
   wait "$a"; assertEquals "host 1: $(cat "$RIG/grow1.err")" 0 $?
   wait "$b"; assertEquals "host 2: $(cat "$RIG/grow2.err")" 0 $?
