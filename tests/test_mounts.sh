@@ -108,7 +108,38 @@ test_share_remounted_under_a_running_program() {
   _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
   _rig_umount "$RIG/squatter"
   after=$(stat -c %d "$C1")
-  assertNotEquals "the remount has another device number" "$before" "$after"
+  # Not asserted: others' mounts on this machine may take the numbers first.
+  [ "$before" != "$after" ] || _rig_log "(the remount got the old device number back)"
+  touch "$RIG/remounted"
+  wait_for_file "$RIG/held2" || fail "the holder never locked again"
+  assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
+  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  release_holder
+  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
+  wait_no_sidecars
+}
+
+# 13.6, the worst case: the share comes back with the numbers (mount id and
+# device) of an unmanaged mount the program saw, now gone.  Linux hands out
+# the lowest free ones, so this is what a remount often gets.
+test_share_remounted_with_an_old_unmanaged_mounts_numbers() {
+  local pid decoy after
+  EXTRA_MOUNTS+=("$RIG/decoy" "$RIG/squatter")
+  _rig_mount_start "$RIG/decoy" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/decoy" "$pid" ||
+    fail "mount the decoy"
+  decoy=$(stat -c %d "$RIG/decoy")
+  hold open:5:"$C1/f" ex:5 un:5 close:5 touch:"$RIG/closed" \
+    wait:"$RIG/remounted" open:5:"$C1/f" ex:5 touch:"$RIG/held2" wait:"$RIG/go" un:5
+  wait_for_file "$RIG/closed" || fail "the holder never locked"
+  wait_no_sidecars
+  _rig_umount "$C1" || fail "unmount $C1"
+  _rig_mount_start "$RIG/squatter" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/squatter" "$pid" ||
+    fail "mount the squatter"
+  _rig_umount "$RIG/decoy"   # frees the numbers the holder knows as unmanaged
+  _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
+  _rig_umount "$RIG/squatter"
+  after=$(stat -c %d "$C1")
+  [ "$decoy" = "$after" ] || _rig_log "(the remount did not get the decoy's device number)"
   touch "$RIG/remounted"
   wait_for_file "$RIG/held2" || fail "the holder never locked again"
   assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define MAX_MOUNTS 2048
@@ -32,6 +33,8 @@ struct mount_table {
 };
 static struct mount_table tables[2];
 static unsigned current;
+
+static void forget_unlisted(void);
 
 static pthread_mutex_t refresh_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t refresher; /* the thread refreshing, 0 if none */
@@ -150,6 +153,7 @@ void mounts_refresh(const struct config *c)
 	fill_table(c, t);
 	__atomic_add_fetch(&t->gen, 1, __ATOMIC_RELEASE);
 	__atomic_store_n(&current, spare, __ATOMIC_RELEASE);
+	forget_unlisted();
 	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&refresh_lock);
 	errno = saved;
@@ -252,10 +256,11 @@ static enum lookup lookup(int mnt_id, uint64_t dev)
 	}
 }
 
-/* Mounts that were still unknown right after a refresh: internal ones (a
- * memfd's), another namespace's, a detached one, or a filesystem whose files
- * report devices mountinfo doesn't show.  Re-reading the table at every lock
- * on them would find nothing new. */
+/* Mounts that are still unknown, or still unmanaged though a file below a
+ * managed directory is on them, right after a refresh: internal ones (a
+ * memfd's), another namespace's, a detached one, kernel filesystems below a
+ * managed "/".  Re-reading the table at every lock on them would find
+ * nothing new; every refresh forgets them (the numbers may be reused). */
 #define UNLISTED_SLOTS 8
 static uint64_t unlisted[UNLISTED_SLOTS];
 static unsigned next_unlisted;
@@ -273,6 +278,18 @@ static bool unlisted_before(uint64_t key)
 	return false;
 }
 
+static void remember_unlisted(uint64_t key)
+{
+	unsigned slot = __atomic_fetch_add(&next_unlisted, 1, __ATOMIC_RELAXED) % UNLISTED_SLOTS;
+	__atomic_store_n(&unlisted[slot], key, __ATOMIC_RELAXED);
+}
+
+static void forget_unlisted(void)
+{
+	for (unsigned i = 0; i < UNLISTED_SLOTS; i++)
+		__atomic_store_n(&unlisted[i], 0, __ATOMIC_RELAXED);
+}
+
 bool mounts_managed(const struct config *c, int mnt_id, uint64_t dev)
 {
 	if (mnt_id == MOUNT_ID_UNKNOWN)
@@ -281,11 +298,25 @@ bool mounts_managed(const struct config *c, int mnt_id, uint64_t dev)
 	uint64_t key = mount_key(mnt_id, dev);
 	if (found == UNKNOWN && !unlisted_before(key)) { /* mounted (or remounted) since we read the table */
 		mounts_refresh(c);
-		found = lookup(mnt_id, dev);
-		if (found == UNKNOWN)
-			__atomic_store_n(&unlisted[__atomic_fetch_add(&next_unlisted, 1, __ATOMIC_RELAXED) %
-						   UNLISTED_SLOTS], key, __ATOMIC_RELAXED);
+		if ((found = lookup(mnt_id, dev)) == UNKNOWN)
+			remember_unlisted(key);
 	}
 	return found == MANAGED;
 }
 
+bool mounts_numbers_reusable(int mnt_id, uint64_t dev)
+{
+	return mnt_id != MOUNT_ID_UNKNOWN && major(dev) == 0;
+}
+
+bool mounts_recheck(const struct config *c, int mnt_id, uint64_t dev)
+{
+	uint64_t key = mount_key(mnt_id, dev);
+	if (mnt_id == MOUNT_ID_UNKNOWN || unlisted_before(key))
+		return false;
+	mounts_refresh(c);
+	bool managed = lookup(mnt_id, dev) == MANAGED;
+	if (!managed)
+		remember_unlisted(key);
+	return managed;
+}

@@ -20,6 +20,18 @@
  * practice (no allocation, no lock waited for by the thread that holds it). */
 bool mounts_managed(const struct config *c, int mnt_id, uint64_t dev);
 
+/* Could a mount the table knows as unmanaged be a new one with the same
+ * numbers?  Linux hands out the lowest free mount id and anonymous device
+ * number (FUSE, NFS, tmpfs ...): a share mounted where an unmanaged
+ * filesystem was unmounted can get both.  Block devices' numbers are the
+ * device's own. */
+bool mounts_numbers_reusable(int mnt_id, uint64_t dev);
+
+/* A file below a managed directory on a mount the table says is unmanaged:
+ * re-reads the table (unless it did for this mount since the last refresh)
+ * and says whether the mount is managed now. */
+bool mounts_recheck(const struct config *c, int mnt_id, uint64_t dev);
+
 /* At the first lock on an sshfs mount that keeps sshfs's own attribute
  * cache (which no call on this client can revalidate): one warning. */
 void mounts_warn_if_caching(int mnt_id, uint64_t dev);

@@ -228,19 +228,27 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
 	/* Pipes and sockets live on kernel-internal mounts that mountinfo never
 	 * lists: asking would re-read the table at every lock call on them. */
-	bool managed_mount = !S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) &&
-			     mounts_managed(&shim_config, mnt_id, st.st_dev);
-	if (!auto_managed && !managed_mount && !on_managed_device(st.st_dev))
+	bool pipe = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
+	bool managed_mount = !pipe && mounts_managed(&shim_config, mnt_id, st.st_dev);
+	bool by_device = auto_managed || managed_mount || on_managed_device(st.st_dev);
+	if (!by_device && (pipe || !mounts_numbers_reusable(mnt_id, st.st_dev)))
 		return NOT_MANAGED;
 
 	char link[32], path[PATH_MAX];
 	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
 	ssize_t n = readlink(link, path, sizeof path - 1);
+	if (n < 0 && !by_device)
+		return NOT_MANAGED; /* not managed by its numbers, and no name to say otherwise */
 	if (n < 0) {
 		log_error("cannot tell whether descriptor %d is managed: %s: %s", fd, link, strerror(errno));
 		return REFUSED;
 	}
 	path[n] = '\0';
+	if (!by_device) { /* its numbers may be an unmanaged mount's that is gone: by its name? */
+		if (!below_managed_dir(path) || !mounts_recheck(&shim_config, mnt_id, st.st_dev))
+			return NOT_MANAGED;
+		managed_mount = true;
+	}
 	if (!auto_managed && !(managed_mount && below_managed_dir(path)) && dir_containing(path, st.st_dev) == NULL)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
