@@ -451,6 +451,10 @@ static void step(struct entry *e, int64_t now)
 			return back_off(e, now);
 		if (err != 0)
 			return give_up(e, err, "create");
+		if (!sidecar_dir_on_share(e)) { /* unmounted during the create (sshfs: its EPERM retry) */
+			sidecar_release(&e->hold); /* ours, wherever the name leads now */
+			return give_up_unmounted(e);
+		}
 		e->state = VERIFYING;
 		e->next_step = now + e->verify_ns;
 		if (e->verify_ns > 0)
