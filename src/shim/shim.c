@@ -231,7 +231,9 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 	bool pipe = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
 	bool managed_mount = !pipe && mounts_managed(&shim_config, mnt_id, st.st_dev);
 	bool by_device = auto_managed || managed_mount || on_managed_device(st.st_dev);
-	if (!by_device && (pipe || !mounts_numbers_reusable(mnt_id, st.st_dev)))
+	/* A share mounted where an unmanaged filesystem was may have its numbers:
+	 * only a share needs its name checked (fstatfs is cheaper than readlink). */
+	if (!by_device && (pipe || !mounts_numbers_reusable(mnt_id, st.st_dev) || !on_network_fs(fd)))
 		return NOT_MANAGED;
 
 	char link[32], path[PATH_MAX];
