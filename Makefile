@@ -19,7 +19,7 @@ MANDIR  := $(PREFIX)/share/man
 CORE_SRC := $(wildcard src/core/*.c)
 # The part of the core the preloaded library needs: not the protocol itself
 # (the keeper runs it), so programs don't load libuuid for nothing.
-SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/netfs.c
+SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/mountinfo.c src/core/netfs.c
 SHIM_SRC := $(wildcard src/shim/*.c)
 KEEPER_SRC := src/keeper/keeper.c
 HEADERS := $(wildcard src/*/*.h)
@@ -138,12 +138,12 @@ deps:
 	fi
 
 # Every suite on the bindfs share; the cross-client suites again on sshfs (and
-# the flock suite with 1 ms added per round trip); the flock, POSIX and crash
-# suites again with the sanitizer build.
+# the flock and mounts suites with 1 ms added per round trip); the flock, POSIX,
+# crash and mounts suites again with the sanitizer build.
 check: deps bench-deps all asan fuzz build/microbench build/bench-empty.so
-	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh test_idle.sh test_wal.sh" \
-	 UUIDLOCK_SSHFS_1MS="test_flock.sh test_idle.sh" \
-	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_idle.sh test_wal.sh" tests/run.sh
+	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh test_idle.sh test_wal.sh test_mounts.sh" \
+	 UUIDLOCK_SSHFS_1MS="test_flock.sh test_idle.sh test_mounts.sh" \
+	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_idle.sh test_wal.sh test_mounts.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh

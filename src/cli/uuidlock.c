@@ -5,6 +5,7 @@
 #include "../core/keeper_proto.h"
 #include "../core/hostid.h"
 #include "../core/log.h"
+#include "../core/mountinfo.h"
 #include "../core/sidecar.h"
 #include "../core/timeutil.h"
 
@@ -70,6 +71,27 @@ static void set_seconds(const char *var, const char *value)
 	setenv(var, value, 1);
 }
 
+/* Do the path and a managed directory share a filesystem?  (One below the other.) */
+static bool nested(const char *a, const char *b)
+{
+	size_t n = strlen(a) < strlen(b) ? strlen(a) : strlen(b);
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/' || b[n] == '\0' || b[n] == '/' || n == 1);
+}
+
+static void warn_if_sshfs_caches(const struct mountinfo_line *m, void *arg)
+{
+	const struct config *c = arg;
+	if (strcmp(m->type, "fuse.sshfs") != 0)
+		return;
+	for (unsigned i = 0; i < c->ndirs; i++)
+		if (nested(m->mount_point, c->dirs[i].path) && sshfs_caches(m->mount_point) == 1) {
+			fprintf(stderr, "uuidlock: warning: %s is an sshfs mount with sshfs's own cache on: another "
+				"client's changes to a locked file can stay invisible for up to 20 s; mount it with "
+				"-o %s\n", m->mount_point, SSHFS_SAFE_OPTIONS);
+			return;
+		}
+}
+
 static int cmd_run(int argc, char **argv)
 {
 	static const struct option options[] = {
@@ -113,6 +135,7 @@ static int cmd_run(int argc, char **argv)
 	config_resolve_dirs(&config);
 	if (config.invalid || config.paths_invalid)
 		return 2;
+	mountinfo_each(warn_if_sshfs_caches, &config);
 
 	/* Ours first, then whatever the caller preloads already. */
 	const char *old = getenv("LD_PRELOAD");

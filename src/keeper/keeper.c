@@ -39,6 +39,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -591,6 +592,42 @@ static void give_up(struct entry *e, int err, const char *what)
 	free_entry(e);
 }
 
+/* Is the sidecar's directory still on the locked file's filesystem?  The
+ * keeper works by path: after a lazy unmount (fusermount3 -u -z, an
+ * automounter's expiry) a waiter's descriptor still reaches the share, but
+ * the sidecar's path now names the empty local directory under the mount
+ * point, where a sidecar would exclude no other host.  A file and its
+ * directory share a device (btrfs: one subvolume), except on an overlayfs
+ * whose layers span filesystems without xino: locks there fail, loudly. */
+static bool sidecar_dir_on_share(const struct entry *e)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s", e->hold.path);
+	char *slash = strrchr(dir, '/');
+	if (slash == NULL)
+		return false;
+	slash[slash == dir] = '\0'; /* "/f.lock": the root directory */
+	/* The device is the client's: DONT_SYNC spares the share a GETATTR. */
+	struct statx sx;
+	if (statx(AT_FDCWD, dir, AT_STATX_DONT_SYNC, STATX_TYPE, &sx) != 0)
+		return false;
+	uint64_t dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+	for (unsigned i = 0; i < e->ninodes; i++)
+		if (e->inode[i].dev == dev)
+			return true;
+	return false;
+}
+
+static void give_up_unmounted(struct entry *e)
+{
+	char msg[512];
+	snprintf(msg, sizeof msg, "cannot create sidecar %s: its directory is not on the locked file's "
+		 "filesystem any more (unmounted?)", e->hold.path);
+	log_error("%s", msg);
+	reply_waiters(e, false, KEEPER_FAILED, ENOLCK, msg);
+	free_entry(e);
+}
+
 /* The locked file's path, into out[PATH_MAX]. */
 static const char *locked_file(const struct entry *e, char *out)
 {
@@ -651,6 +688,8 @@ static void step_waiting(struct entry *e, int64_t now)
 {
 	if (count_waiters(e) == 0)
 		return stop_waiting(e, now);
+	if (!sidecar_dir_on_share(e))
+		return give_up_unmounted(e);
 	sidecar_new_token(&e->hold, e->prefix);
 	int err = sidecar_create(&e->hold, &e->holder);
 	if (err == EEXIST && break_if_stale(e, now)) {
@@ -661,6 +700,10 @@ static void step_waiting(struct entry *e, int64_t now)
 		return back_off(e, now);
 	if (err != 0)
 		return give_up(e, err, "create");
+	if (!sidecar_dir_on_share(e)) { /* unmounted during the create (sshfs: its EPERM retry) */
+		sidecar_release(&e->hold); /* ours, wherever the name leads now */
+		return give_up_unmounted(e);
+	}
 	e->written_at_boot = boot_ns();
 	start_verifying(e, now);
 }

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <minmax.h>
@@ -38,6 +39,12 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
+static void revalidate_attributes(int fd)
+{
+	struct statx sx;
+	statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE | STATX_MTIME, &sx);
+}
+
 int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline)
 {
 	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
@@ -62,8 +69,12 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	case KEEPER_HELD:
 		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
-		/* The keeper dropped the host's cached pages of the file when it
-		 * acquired the sidecar (src/core/coherence.h): nothing to do here. */
+		/* Another client may have changed the file while we didn't hold it:
+		 * make the client ask the server for its size and mtime (FUSE and NFS
+		 * cache them: a stale size cuts reads short and puts appends over
+		 * another client's data).  The keeper dropped the host's cached pages
+		 * of the file when it acquired the sidecar (src/core/coherence.h). */
+		revalidate_attributes(fd);
 		errno = saved_errno;
 		return 0;
 	case KEEPER_BUSY:

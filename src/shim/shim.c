@@ -1,16 +1,21 @@
 #include "shim.h"
 
+#include "mounts.h"
+
 #include "../core/log.h"
 #include "../core/keeper_proto.h"
 #include "../core/netfs.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -107,6 +112,36 @@ const char *shim_keeper_program(void)
 static void resolve_dirs_body(void)
 {
 	config_resolve_dirs(&shim_config);
+	if (!shim_config.paths_invalid)
+		mounts_refresh(&shim_config);
+}
+
+/* Below a managed directory by name (a mount below it is managed whole). */
+static bool below_managed_dir(const char *path)
+{
+	for (unsigned i = 0; i < shim_config.ndirs; i++) {
+		const struct managed_dir *d = &shim_config.dirs[i];
+		if (strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
+			return true;
+	}
+	return false;
+}
+
+/* fstat, plus the descriptor's mount (MOUNT_ID_UNKNOWN before Linux 5.8):
+ * one system call either way. */
+static int stat_fd(int fd, struct stat *st, int *mnt_id)
+{
+	struct statx sx;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0)
+		return -1;
+	*st = (struct stat){
+		.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor),
+		.st_ino = sx.stx_ino,
+		.st_mode = sx.stx_mode,
+		.st_nlink = sx.stx_nlink,
+	};
+	*mnt_id = sx.stx_mask & STATX_MNT_ID ? (int)sx.stx_mnt_id : MOUNT_ID_UNKNOWN;
+	return 0;
 }
 
 static const struct managed_dir *dir_containing(const char *path, dev_t dev)
@@ -155,6 +190,15 @@ static bool resolve_current_name(char *path, const struct stat *st)
 	return names_file(path, st);
 }
 
+/* The sidecar is named after the name we lock through: a file with another
+ * name (a hard link) could be locked through that one by another host at
+ * the same time.  Shares that make link counts up (sshfs: always 1) can't
+ * tell; a directory's count is its subdirectories. */
+static bool has_other_names(const struct stat *st)
+{
+	return !S_ISDIR(st->st_mode) && st->st_nlink > 1;
+}
+
 /* Resolving the managed directories costs round trips to the share: do it
  * once, at the first lock call that needs it, not at every program's start. */
 static void resolve_dirs_once(void)
@@ -171,7 +215,8 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 	if (shim_config.paths_invalid)
 		return REFUSED; /* reported: we can't tell what is managed */
 	struct stat st;
-	if (fstat(fd, &st) != 0) {
+	int mnt_id;
+	if (stat_fd(fd, &st, &mnt_id) != 0) {
 		if (errno == EBADF)
 			return NOT_MANAGED; /* libc will say EBADF */
 		if (errno == ENOENT) /* FUSE: another client deleted the file */
@@ -181,21 +226,40 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	}
 	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
-	if (!auto_managed && !on_managed_device(st.st_dev))
+	/* Pipes and sockets live on kernel-internal mounts that mountinfo never
+	 * lists: asking would re-read the table at every lock call on them. */
+	bool pipe = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
+	bool managed_mount = !pipe && mounts_managed(&shim_config, mnt_id, st.st_dev);
+	bool by_device = auto_managed || managed_mount || on_managed_device(st.st_dev);
+	/* A share mounted where an unmanaged filesystem was may have its numbers:
+	 * only a share needs its name checked (fstatfs is cheaper than readlink). */
+	if (!by_device && (pipe || !mounts_numbers_reusable(mnt_id, st.st_dev) || !on_network_fs(fd)))
 		return NOT_MANAGED;
 
 	char link[32], path[PATH_MAX];
 	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
 	ssize_t n = readlink(link, path, sizeof path - 1);
+	if (n < 0 && !by_device)
+		return NOT_MANAGED; /* not managed by its numbers, and no name to say otherwise */
 	if (n < 0) {
 		log_error("cannot tell whether descriptor %d is managed: %s: %s", fd, link, strerror(errno));
 		return REFUSED;
 	}
 	path[n] = '\0';
-	if (!auto_managed && dir_containing(path, st.st_dev) == NULL)
+	if (!by_device) { /* its numbers may be an unmanaged mount's that is gone: by its name? */
+		if (!below_managed_dir(path) || !mounts_recheck(&shim_config, mnt_id, st.st_dev))
+			return NOT_MANAGED;
+		managed_mount = true;
+	}
+	if (!auto_managed && !(managed_mount && below_managed_dir(path)) && dir_containing(path, st.st_dev) == NULL)
 		return NOT_MANAGED;
 	if (shim_config.invalid)
 		return REFUSED; /* reported at start-up */
+	if (has_other_names(&st)) {
+		log_error("refusing to lock %s: it has %ju hard links, and each name would get a sidecar of its own",
+			  path, (uintmax_t)st.st_nlink);
+		return REFUSED;
+	}
 	if (!resolve_current_name(path, &st)) {
 		log_error("refusing to lock %s: the file was deleted or replaced, other clients can't see it", path);
 		return REFUSED;
@@ -204,6 +268,7 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		log_error("cannot lock %s: its sidecar's path is too long", path);
 		return REFUSED;
 	}
+	mounts_warn_if_caching(mnt_id, st.st_dev);
 	mf->dev = st.st_dev;
 	mf->ino = st.st_ino;
 	return MANAGED;
