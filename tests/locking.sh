@@ -64,6 +64,32 @@ kill_keeper_and_holder() {
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
 between() { awk -v x="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(x >= lo && x <= hi) }'; }
 
+# check_long_lived_writers RUNNER : two long-lived SQLite connections (python3),
+# one on client 1 under the shim and one on client 2 run by RUNNER (shimmed,
+# or other_host for another host), 30 small write transactions each into an
+# indexed table: every row must be there and the index intact.  A client that
+# didn't drop its cached pages after acquiring lost rows (FACTS.md: 31-35 of 60).
+check_long_lived_writers() {
+  sqlite3 "$RIG/srv/db" 'CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, n INT); CREATE INDEX t_who ON t(who, n);'
+  local script='
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+for i in range(30):
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO t(who, n) VALUES (?, ?)", (sys.argv[2], i))
+    db.execute("COMMIT")
+'
+  shimmed python3 -c "$script" "$C1/db" one 2>>"$RIG/py.err" &
+  local a=$!
+  "$1" python3 -c "$script" "$C2/db" two 2>>"$RIG/py.err"
+  local rc=$?
+  wait $a
+  local rc_a=$?
+  assertEquals "both writers succeeded: $(cat "$RIG/py.err")" "0 0" "$rc_a $rc"
+  assertEquals "rows" 60 "$(sqlite3 "$RIG/srv/db" 'SELECT count(*) FROM t;')"
+  assertEquals "integrity" ok "$(sqlite3 "$RIG/srv/db" 'PRAGMA integrity_check;')"
+}
+
 # check_turn LOCK UNLOCK : fairness between hosts.  Client 1's process A
 # holds; its process B queues behind A on the kernel lock; W on client 2, on
 # another host (own keeper, own pid namespace),

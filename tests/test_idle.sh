@@ -142,24 +142,7 @@ test_killed_idle_holder_is_broken_after_a_lease() {
 # the index intact (FACTS.md: 31-35 of 60 rows without the cache drop).
 test_sqlite_long_lived_connections_on_two_hosts_with_cached_holds() {
   export UUIDLOCK_LINGER=5
-  sqlite3 "$RIG/srv/db" 'CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT, n INT); CREATE INDEX t_who ON t(who, n);'
-  local script='
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
-for i in range(30):
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("INSERT INTO t(who, n) VALUES (?, ?)", (sys.argv[2], i))
-    db.execute("COMMIT")
-'
-  shimmed python3 -c "$script" "$C1/db" one 2>>"$RIG/py.err" &
-  local a=$!
-  other_host python3 -c "$script" "$C2/db" two 2>>"$RIG/py.err"
-  local rc=$?
-  wait $a
-  local rc_a=$?
-  assertEquals "both writers succeeded: $(cat "$RIG/py.err")" "0 0" "$rc_a $rc"
-  assertEquals "rows" 60 "$(sqlite3 "$RIG/srv/db" 'SELECT count(*) FROM t;')"
-  assertEquals "integrity" ok "$(sqlite3 "$RIG/srv/db" 'PRAGMA integrity_check;')"
+  check_long_lived_writers other_host
 }
 
 # The headline: one long-lived connection, small write transactions, the
