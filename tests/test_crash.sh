@@ -395,9 +395,11 @@ test_torture_random_kills() {
     (
       export LD_PRELOAD=$SHIM_PRELOAD
       for i in $(seq 40); do
+        # The section lasts 20 ms at least, so that the killer (which looks
+        # every 10-50 ms) finds one to kill: at full speed it could miss them all.
         flock "$c/counter.lk" sh -c '
-          n=$(cat "$1/counter") && echo $((n + 1)) >"$1/counter.$$" && mv "$1/counter.$$" "$1/counter" &&
-          echo $((n + 1)) >>"$2"' critical "$c" "$RIG/done.$w"
+          n=$(cat "$1/counter") && sleep 0.02 && echo $((n + 1)) >"$1/counter.$$" &&
+          mv "$1/counter.$$" "$1/counter" && echo $((n + 1)) >>"$2"' critical "$c" "$RIG/done.$w"
       done
     ) >/dev/null 2>&1 &
     pids+=($!)
