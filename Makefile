@@ -143,7 +143,7 @@ deps:
 check: deps bench-deps all asan fuzz build/microbench build/bench-empty.so
 	@UUIDLOCK_SSHFS="test_flock.sh test_posix.sh test_crash.sh test_cli.sh test_idle.sh test_wal.sh test_mounts.sh" \
 	 UUIDLOCK_SSHFS_1MS="test_flock.sh test_idle.sh test_mounts.sh" \
-	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_idle.sh test_wal.sh test_mounts.sh" tests/run.sh
+	 UUIDLOCK_SANITIZE="test_flock.sh test_posix.sh test_crash.sh test_idle.sh test_wal.sh test_mounts.sh test_keeper.sh" tests/run.sh
 
 demo: deps all
 	@tests/demo.sh

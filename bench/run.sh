@@ -25,6 +25,9 @@ else
 fi
 # BENCH_ONLY=share: only the on-share sections (2-4), e.g. for a second share kind.
 ONLY_SHARE=$([ "${BENCH_ONLY:-}" = share ] && echo 1 || echo 0)
+# BENCH_ONLY=cached: only section 6 (cached holds, default timings).
+ONLY_CACHED=$([ "${BENCH_ONLY:-}" = cached ] && echo 1 || echo 0)
+[ "$ONLY_CACHED" = 1 ] && ONLY_SHARE=1
 FAILED=0
 fail() { echo "bench: FAILED: $*" >&2; FAILED=1; }
 LOCAL=$(mktemp -d /tmp/uuidlock-bench.XXXXXX) || exit 1
@@ -112,6 +115,7 @@ done
 
 fi
 
+if [ "$ONLY_CACHED" = 0 ]; then
 # --- 2. on the share --------------------------------------------------------------
 # start_traced_keeper DIR: this host's keeper for runtime dir DIR, under strace
 # (trace in DIR.trace; "holding"/"released" log lines mark the phases).
@@ -283,6 +287,7 @@ if start_traced_keeper "$POLLDIR"; then
       if (!start) start = $1; n++; if ($0 ~ /O_EXCL/) tries++ }
     END { printf "%d %d %.3f\n", n, tries, end - start }' "$POLLDIR.trace")
 fi
+fi # ONLY_CACHED
 
 if [ "$ONLY_SHARE" = 0 ]; then
 # --- 5. memory ------------------------------------------------------------------------
@@ -345,6 +350,7 @@ printf '  %-24s %9.1f %7s %-11s %s\n' "shim, PATHS=a share dir" "$(calc %.1f "$o
 
 fi
 echo
+if [ "$ONLY_CACHED" = 0 ]; then
 echo "2./4. On the share, side by side (${UUIDLOCK_TEST_SHARE:-bindfs} client, VERIFY_DELAY=0, RETRY_INTERVAL=0.01), uncontended"
 U=$(med side.uuid)
 printf '  %-52s %10s %9s\n' "" "us/pair" "x uuidlock"
@@ -386,6 +392,7 @@ if [ -n "${POLL_OPS:-}" ]; then
   printf '  polling load, 2 waiters on client 2 while client 1 holds %s ms: %s share ops in %s s = %s ops/s (%s attempts, %s ops each)\n' \
     "$HOLD_MS" "$POLL_OPS" "$POLL_SECS" "$(calc %.0f "$POLL_OPS / $POLL_SECS")" "$POLL_TRIES" "$(calc %.1f "$POLL_OPS / ($POLL_TRIES > 0 ? $POLL_TRIES : 1)")"
 fi
+fi # ONLY_CACHED
 
 if [ "$ONLY_SHARE" = 0 ]; then
 echo
