@@ -21,7 +21,7 @@ CORE_SRC := $(wildcard src/core/*.c)
 # (the keeper runs it), so programs don't load libuuid for nothing.
 SHIM_CORE_SRC := src/core/client.c src/core/config.c src/core/log.c src/core/mountinfo.c src/core/netfs.c
 SHIM_SRC := $(wildcard src/shim/*.c)
-KEEPER_SRC := src/keeper/keeper.c
+KEEPER_SRC := $(wildcard src/keeper/*.c)
 HEADERS := $(wildcard src/*/*.h)
 
 # The calls the shim interposes.  No object may call one of them by name:

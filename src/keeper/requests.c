@@ -1,0 +1,171 @@
+/* The request handlers: acquire (answered at once from a hold, after the
+ * protocol otherwise), check, probe and the wait for a turn.  Each reads a
+ * request that is already there; what blocks is the step an acquisition
+ * may start at once (see entry.c). */
+#include "keeper.h"
+
+#include "../core/coherence.h"
+#include "../core/client.h"
+#include "../core/hostid.h"
+#include "../core/keeper_proto.h"
+#include "../core/log.h"
+#include "../core/proclocks.h"
+#include "../core/sidecar.h"
+#include "../core/sys.h"
+#include "../core/timeutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <minmax.h>
+
+/* A process asks for a sidecar this host holds.  Those we answered already
+ * (who may ask for more: another range, a conversion) always get it, or they
+ * could deadlock with us.  A newcomer gets it unless another host is waiting
+ * for a turn: then it gives its kernel lock back and waits (holding none, so
+ * that it can't block our granted processes while we wait for them). */
+static void answer_while_held(struct conn *c, struct entry *e, const struct keeper_request *req, int64_t now)
+{
+	bool granted = find_requester(e, c->pid)->granted;
+	if (!granted && e->state == HELD && look_for_turn_request(e, now, e->retry_ns)) {
+		log_info("another client waits for %s: giving it up after the local holders", e->hold.path);
+		e->state = YIELDING;
+	}
+	if (granted || e->state != YIELDING || !may_send_away(e)) {
+		grant(e, c->pid);
+		return reply(c, KEEPER_HELD, 0, NULL);
+	}
+	if (req->nonblocking)
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK,
+			     "%s is held by this host, which is giving it to another client", req->sidecar);
+	reply(c, KEEPER_YIELD, 0, NULL);
+	check_held(now); /* the last holder may be gone already */
+}
+
+static void handle_acquire(struct conn *c, const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && !remember_requester(e, c->pid))
+		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+	if (e != NULL && !add_inode(e, req))
+		return reply(c, KEEPER_FAILED, ENOLCK, "too many files replaced under %s while locked", req->sidecar);
+	if (e != NULL && e->state == IDLE)
+		resume_idle_hold(e, now);
+	if (e != NULL && holds_sidecar(e))
+		return answer_while_held(c, e, req, now);
+	if (e == NULL) {
+		if ((e = new_entry(req, now)) == NULL)
+			return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+		continue_turn(e, now);
+	}
+	if (req->nonblocking && e->state == DEFERRING) {
+		note_nonblocking_ask(e, now);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s: another client waits for it", req->sidecar);
+	}
+	if (req->nonblocking && e->state == WAITING && count_waiters(e) > 0) { /* they attempt already */
+		char msg[512];
+		busy_message(e, msg, sizeof msg);
+		note_nonblocking_ask(e, now);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s", msg);
+	}
+	if (e->state == WATCHING) { /* asked again: attempt now */
+		e->state = WAITING;
+		e->next_step = now;
+	}
+	add_inode(e, req);
+	if (!remember_requester(e, c->pid))
+		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
+	c->entry = e;
+	c->nonblocking = req->nonblocking;
+	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
+	c->say_waiting_at = req->nonblocking ? -1 : now + SAY_WAITING_NS;
+	if (e->state == WAITING && e->next_step <= now)
+		step(e, now);
+}
+
+/* After KEEPER_YIELD: wait, holding no kernel lock, until this host may take
+ * the lock again (answered HELD), or at once if there is nothing to wait for. */
+static void handle_wait_turn(struct conn *c, const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e == NULL || e->state == HELD || e->state == WATCHING)
+		return reply(c, KEEPER_DONE, 0, NULL);
+	c->entry = e;
+	c->turn_only = true;
+	c->deadline = req->timeout_ns < 0 ? -1 : now + req->timeout_ns;
+	c->say_waiting_at = now + SAY_WAITING_NS;
+}
+
+static void handle_probe(struct conn *c, const struct keeper_request *req)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e != NULL && e->state == IDLE)
+		return reply(c, KEEPER_HELD, 0, "idle for %.1f s (cached hold)", (double)(mono_ns() - e->idle_since) / NS_PER_SEC);
+	if (e != NULL && holds_sidecar(e))
+		return reply(c, KEEPER_HELD, 0, "in use");
+	if (access(req->sidecar, F_OK) == 0) {
+		char who[256];
+		sidecar_describe(req->sidecar, who, sizeof who);
+		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s is held by another client (%s)", req->sidecar, who);
+	}
+	reply(c, KEEPER_DONE, 0, NULL);
+}
+
+/* The library bounds what it reads from the environment; a request from any
+ * other client is bounded here, so that no "now + value" can overflow. */
+static void bound_timings(struct keeper_request *req)
+{
+	req->verify_delay_ns = MIN(req->verify_delay_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->retry_interval_ns = MIN(req->retry_interval_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->timeout_ns = MIN(req->timeout_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+	req->lease_ns = MIN(req->lease_ns, CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC);
+	req->foreign_stale_ns = MIN(req->foreign_stale_ns, CONFIG_LEASE_SECONDS_MAX * NS_PER_SEC);
+	req->linger_ns = MIN(req->linger_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
+}
+
+void handle_request(struct conn *c, int64_t now)
+{
+	struct keeper_request req;
+	/* MSG_TRUNC: the packet's real length, so a request from another
+	 * version of the library can't be taken for ours. */
+	ssize_t n = recv(c->fd, &req, sizeof req, MSG_DONTWAIT | MSG_TRUNC);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n < (ssize_t)sizeof req.version)
+		return drop_conn(c);
+	if (n != (ssize_t)sizeof req || req.version != KEEPER_PROTO_VERSION)
+		return reply(c, KEEPER_FAILED, EPROTO,
+			     "the running keeper (pid %ld) speaks protocol %d, this library %u: "
+			     "it exits once it holds nothing, or stop it",
+			     (long)getpid(), KEEPER_PROTO_VERSION, req.version);
+	req.sidecar[sizeof req.sidecar - 1] = '\0';
+	req.prefix[sizeof req.prefix - 1] = '\0';
+	bound_timings(&req);
+	c->pid = peer_pid(c->fd);
+	if (req.op == KEEPER_ACQUIRE)
+		return handle_acquire(c, &req, now);
+	if (req.op == KEEPER_CHECK) {
+		check_held(now);
+		return reply(c, KEEPER_DONE, 0, NULL);
+	}
+	if (req.op == KEEPER_PROBE)
+		return handle_probe(c, &req);
+	if (req.op == KEEPER_WAIT_TURN)
+		return handle_wait_turn(c, &req, now);
+	drop_conn(c);
+}
