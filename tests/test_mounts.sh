@@ -86,6 +86,25 @@ test_share_mounted_below_a_managed_directory() {
   wait_no_sidecars
 }
 
+# check_lock_after_remount : the holder started by a remount test (lockdrv
+# waiting on $RIG/remounted) locks again after the remount: that lock must
+# make a sidecar that another host sees, and nothing may fail.
+check_lock_after_remount() {
+  touch "$RIG/remounted"
+  wait_for_file "$RIG/held2" || fail "the holder never locked again"
+  assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
+  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
+  release_holder
+  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
+  wait_no_sidecars
+}
+
+# mount_client DIR : one more client of the rig's share at DIR, as rig.sh mounts them.
+mount_client() {
+  local pid
+  _rig_mount_start "$1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$1" "$pid"
+}
+
 # 13.6: a long-running program whose share is unmounted and mounted again
 # (with another device number) must still make a sidecar for its next lock.
 test_share_remounted_under_a_running_program() {
@@ -101,52 +120,36 @@ test_share_remounted_under_a_running_program() {
   _rig_umount "$C1" || fail "unmount $C1"
   # Another mount takes the device number (and mount id) $C1 had, so that
   # the new $C1 gets new ones, as a real remount often does.
-  local pid
   EXTRA_MOUNTS+=("$RIG/squatter")
-  _rig_mount_start "$RIG/squatter" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/squatter" "$pid" ||
-    fail "mount the squatter"
-  _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
+  mount_client "$RIG/squatter" || fail "mount the squatter"
+  mount_client "$C1" || fail "remount $C1"
   _rig_umount "$RIG/squatter"
   after=$(stat -c %d "$C1")
   # Not asserted: others' mounts on this machine may take the numbers first.
   [ "$before" != "$after" ] || _rig_log "(the remount got the old device number back)"
-  touch "$RIG/remounted"
-  wait_for_file "$RIG/held2" || fail "the holder never locked again"
-  assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
-  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
-  release_holder
-  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
-  wait_no_sidecars
+  check_lock_after_remount
 }
 
 # 13.6, the worst case: the share comes back with the numbers (mount id and
 # device) of an unmanaged mount the program saw, now gone.  Linux hands out
 # the lowest free ones, so this is what a remount often gets.
 test_share_remounted_with_an_old_unmanaged_mounts_numbers() {
-  local pid decoy after
+  local decoy after
   EXTRA_MOUNTS+=("$RIG/decoy" "$RIG/squatter")
-  _rig_mount_start "$RIG/decoy" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/decoy" "$pid" ||
-    fail "mount the decoy"
+  mount_client "$RIG/decoy" || fail "mount the decoy"
   decoy=$(stat -c %d "$RIG/decoy")
   hold open:5:"$C1/f" ex:5 un:5 close:5 touch:"$RIG/closed" \
     wait:"$RIG/remounted" open:5:"$C1/f" ex:5 touch:"$RIG/held2" wait:"$RIG/go" un:5
   wait_for_file "$RIG/closed" || fail "the holder never locked"
   wait_no_sidecars
   _rig_umount "$C1" || fail "unmount $C1"
-  _rig_mount_start "$RIG/squatter" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$RIG/squatter" "$pid" ||
-    fail "mount the squatter"
+  mount_client "$RIG/squatter" || fail "mount the squatter"
   _rig_umount "$RIG/decoy"   # frees the numbers the holder knows as unmanaged
-  _rig_mount_start "$C1" && pid=${_RIG_FUSE_PIDS##* } && _rig_mount_wait "$C1" "$pid" || fail "remount $C1"
+  mount_client "$C1" || fail "remount $C1"
   _rig_umount "$RIG/squatter"
   after=$(stat -c %d "$C1")
   [ "$decoy" = "$after" ] || _rig_log "(the remount did not get the decoy's device number)"
-  touch "$RIG/remounted"
-  wait_for_file "$RIG/held2" || fail "the holder never locked again"
-  assertTrue "the lock after the remount made a sidecar" "[ -e '$RIG/srv/f$SFX' ]"
-  assertEquals "another host sees it held" 75 "$(other_host flock -n -E 75 "$C2/f" true; echo $?)"
-  release_holder
-  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
-  wait_no_sidecars
+  check_lock_after_remount
 }
 
 # 13.2: FUSE caches attributes (attr_timeout, 1 s by default): after taking
