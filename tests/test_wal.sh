@@ -73,6 +73,21 @@ test_wal_on_two_hosts_takes_turns() {
   assertEquals "integrity" ok "$(integrity)"
 }
 
+# A host whose last connection closed keeps the WAL index's sidecar as an
+# idle hold; the next host's connection only probes it (F_GETLK) before it
+# takes it, and its probes must recall the hold: not wait out the linger.
+test_wal_next_host_recalls_an_idle_hold() {
+  export UUIDLOCK_LINGER=30
+  new_wal_db
+  shimmed sqlite3 "$C1/db" "INSERT INTO t(who) VALUES ('one');" || fail "host 1"
+  assertTrue "host 1 keeps the index's sidecar" "[ -e '$RIG/srv/db-shm$SFX' ]"
+  local t0=$EPOCHREALTIME
+  other_host sqlite3 -cmd '.timeout 60000' "$C2/db" "INSERT INTO t(who) VALUES ('two');" || fail "host 2"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "host 2 got in after ${took}s (the linger is 30 s)" "between $took 0 10"
+  assertEquals "rows" "1 1" "$(rows one) $(rows two)"
+}
+
 # A WAL writer killed in the middle of a transaction: the other host sees
 # exactly the committed rows.
 test_wal_writer_killed_mid_transaction() {

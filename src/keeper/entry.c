@@ -36,7 +36,7 @@
 
 #include <minmax.h>
 
-static void step_watching(struct entry *e, int64_t now);
+
 
 struct entry *entries;
 
@@ -285,7 +285,7 @@ void step_waiting(struct entry *e, int64_t now)
 
 /* Nobody waits; a non-blocking ask missed lately.  No share operation: the
  * next ask attempts.  Withdraws the turn request once the asks stopped. */
-static void step_watching(struct entry *e, int64_t now)
+void step_watching(struct entry *e, int64_t now)
 {
 	if (e->said_want && now >= e->want_until) {
 		sidecar_unwant(e->hold.path);
@@ -393,6 +393,14 @@ void release(struct entry *e)
 
 /* ---- requests --------------------------------------------------------- */
 
+/* The locked file's path is the sidecar's less the suffix, which only a
+ * lock request says (a probe's may not). */
+void name_locked_file(struct entry *e, const struct keeper_request *req)
+{
+	size_t n = strlen(e->hold.path);
+	e->file_len = req->suffix_len < n ? n - req->suffix_len : n;
+}
+
 struct entry *new_entry(const struct keeper_request *req, int64_t now)
 {
 	struct entry *e = calloc(1, sizeof *e);
@@ -411,8 +419,7 @@ struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder.pid = req->pid;
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
 	e->linger_ns = may_linger ? req->linger_ns : 0;
-	size_t n = strlen(e->hold.path);
-	e->file_len = req->suffix_len < n ? n - req->suffix_len : n;
+	name_locked_file(e, req);
 	e->next = entries;
 	entries = e;
 	return e;

@@ -158,12 +158,14 @@ int64_t next_attempt(const struct entry *e, int64_t now);
 void stop_waiting(struct entry *e, int64_t now);
 void forget_if_unwanted(struct entry *e, int64_t now);
 void step_waiting(struct entry *e, int64_t now);
+void step_watching(struct entry *e, int64_t now);
 void step(struct entry *e, int64_t now);
 bool holds_sidecar(const struct entry *e);
 bool has_steps(const struct entry *e);
 void heartbeat(struct entry *e, int64_t now);
 int release_sidecar(struct entry *e, const char *purpose);
 void release(struct entry *e);
+void name_locked_file(struct entry *e, const struct keeper_request *req);
 struct entry *new_entry(const struct keeper_request *req, int64_t now);
 bool add_inode(struct entry *e, const struct keeper_request *req);
 

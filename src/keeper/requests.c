@@ -88,6 +88,7 @@ static void handle_acquire(struct conn *c, const struct keeper_request *req, int
 		e->next_step = now;
 	}
 	add_inode(e, req);
+	name_locked_file(e, req);
 	if (!remember_requester(e, c->pid))
 		return reply(c, KEEPER_FAILED, ENOMEM, "keeper: out of memory");
 	c->entry = e;
@@ -111,6 +112,27 @@ static void handle_wait_turn(struct conn *c, const struct keeper_request *req, i
 	c->say_waiting_at = now + SAY_WAITING_NS;
 }
 
+/* A program that asks who holds a file (F_GETLK) mostly wants it next:
+ * SQLite probes a WAL index's lock before it takes it, and retries while
+ * another host holds it, without a lock call that would ask.  So a probe
+ * that finds another host's sidecar counts as a non-blocking miss: the
+ * sidecar is watched (see WATCHING), and from the second probe on this
+ * host asks for a turn. */
+static void note_probe_miss(const struct keeper_request *req, int64_t now)
+{
+	struct entry *e = find_entry(req->sidecar);
+	if (e == NULL && (e = new_entry(req, now)) == NULL)
+		return;
+	bool asked_before = now < e->watch_until;
+	note_nonblocking_ask(e, now);
+	if (asked_before && (e->state == WAITING || e->state == WATCHING))
+		say_want(e, now);
+	if (e->state == WATCHING)
+		step_watching(e, now); /* when to withdraw the request, or forget */
+	else
+		forget_if_unwanted(e, now);
+}
+
 static void handle_probe(struct conn *c, const struct keeper_request *req)
 {
 	struct entry *e = find_entry(req->sidecar);
@@ -119,6 +141,7 @@ static void handle_probe(struct conn *c, const struct keeper_request *req)
 	if (e != NULL && holds_sidecar(e))
 		return reply(c, KEEPER_HELD, 0, "in use");
 	if (access(req->sidecar, F_OK) == 0) {
+		note_probe_miss(req, mono_ns());
 		char who[256];
 		sidecar_describe(req->sidecar, who, sizeof who);
 		return reply(c, KEEPER_BUSY, EWOULDBLOCK, "%s is held by another client (%s)", req->sidecar, who);
