@@ -175,7 +175,7 @@ __attribute__((format(printf, 4, 5)))
 void reply(struct conn *c, enum keeper_status status, int error, const char *fmt, ...);
 unsigned count_waiters(const struct entry *e);
 void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_status status, int error,
-			  const char *message);
+		   const char *message);
 void answer_remaining_waiters(struct entry *e);
 long peer_pid(int fd);
 void handle_hangup(struct conn *c);
