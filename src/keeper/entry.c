@@ -385,9 +385,13 @@ int release_sidecar(struct entry *e, const char *purpose)
 
 void release(struct entry *e)
 {
-	if (holds_sidecar(e))
-		remember_release(e, mono_ns());
+	bool held = holds_sidecar(e);
 	release_sidecar(e, e->state == IDLE ? " (idle)" : "");
+	/* Remembered as released once the release is done: on a slow share it
+	 * takes several round trips, while the next local process, handed the
+	 * kernel lock at the unlock, waits for our answer (see continue_turn). */
+	if (held)
+		remember_release(e, mono_ns());
 	free_entry(e);
 }
 
