@@ -69,11 +69,36 @@ static void revalidate_attributes(int fd)
  * see src/core/sidecar.c): give the kernel lock back, share_wait_turn, and
  * try the whole lock call again. */
 #define SHARE_YIELD (-1)
+/* ... when the sidecar is held but the name is not the file's any more
+ * (reported): give the kernel lock back and let the keeper release it. */
+#define SHARE_NAME_GONE (-2)
 
-/* Returns 0 when this host holds mf's sidecar (fd is then marked and its
- * attributes revalidated), SHARE_YIELD, else the errno the lock call must
+/* A fresh hold (the keeper has just acquired the sidecar: another host may
+ * have changed the file since this host last held it) is checked: is the
+ * name still the file's?  Then the client is made to ask the server for the
+ * file's size and mtime (FUSE and NFS cache them: a stale size cuts reads
+ * short and puts appends over another client's data).
+ * A continuous hold needs neither, so a lock call on a file this host holds
+ * makes no round trip to the share: the keeper dropped the host's cached
+ * pages and refreshed the inode's attributes when it acquired the sidecar,
+ * before any reply (src/core/coherence.h), and the attribute cache is the
+ * inode's, the host's: one refresh after the acquisition serves every local
+ * process; no other host writes while we hold it.  For the name see
+ * managed_name_is_current. */
+static bool fresh_hold_ok(int fd, const struct managed_file *mf)
+{
+	if (!managed_name_is_current(mf))
+		return false;
+	revalidate_attributes(fd);
+	return true;
+}
+
+/* Returns 0 when this host holds mf's sidecar (fd is then marked), after
+ * fresh_hold_ok if the keeper says fresh -- or said so to the share_wait_turn
+ * before (*fresh: the first grant after an acquisition may be a continuous
+ * one) -- SHARE_YIELD, SHARE_NAME_GONE, else the errno the lock call must
  * fail with: EWOULDBLOCK (busy, non-blocking), EINTR, or ENOLCK (reported). */
-static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline)
+static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline, bool *fresh)
 {
 	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
 	struct keeper_reply rep;
@@ -86,14 +111,11 @@ static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking
 	}
 	switch (rep.status) {
 	case KEEPER_HELD:
+		*fresh = *fresh || (rep.error & KEEPER_HELD_FRESH) != 0;
+		if (*fresh && !fresh_hold_ok(fd, mf))
+			return SHARE_NAME_GONE;
 		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
-		/* Another client may have changed the file while we didn't hold it:
-		 * make the client ask the server for its size and mtime (FUSE and NFS
-		 * cache them: a stale size cuts reads short and puts appends over
-		 * another client's data).  The keeper dropped the host's cached pages
-		 * of the file when it acquired the sidecar (src/core/coherence.h). */
-		revalidate_attributes(fd);
 		errno = saved_errno;
 		return 0;
 	case KEEPER_BUSY:
@@ -110,8 +132,9 @@ static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking
 }
 
 /* After SHARE_YIELD, holding no kernel lock on the file: returns 0 when
- * this host may take it again, else EINTR or ENOLCK (reported). */
-static int share_wait_turn(const struct managed_file *mf, int64_t deadline)
+ * this host may take it again (*fresh set if it has just acquired the
+ * sidecar), else EINTR or ENOLCK (reported). */
+static int share_wait_turn(const struct managed_file *mf, int64_t deadline, bool *fresh)
 {
 	int saved_errno = errno; /* the lock call may still succeed */
 	struct keeper_reply rep;
@@ -127,6 +150,7 @@ static int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 		return ENOLCK;
 	}
 	if (rep.status == KEEPER_HELD || rep.status == KEEPER_DONE) {
+		*fresh = *fresh || (rep.status == KEEPER_HELD && (rep.error & KEEPER_HELD_FRESH) != 0);
 		errno = saved_errno;
 		return 0;
 	}
@@ -137,10 +161,11 @@ static int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 int share_lock(const struct lock_call *call, const struct managed_file *mf)
 {
 	int64_t deadline = share_deadline();
+	bool fresh = false;
 	for (;;) {
 		if (call->take(call) != 0)
 			return -1; /* exactly the kernel's errno */
-		int err = share_acquire(call->fd, mf, call->nonblocking, deadline);
+		int err = share_acquire(call->fd, mf, call->nonblocking, deadline, &fresh);
 		if (err == 0)
 			return 0;
 		/* Not held across clients: give the kernel lock back so no local
@@ -148,8 +173,12 @@ int share_lock(const struct lock_call *call, const struct managed_file *mf)
 		 * to a process it answered before, so we held nothing on this file
 		 * before this call: the undo is exact. */
 		call->undo(call);
+		if (err == SHARE_NAME_GONE) {
+			share_check();
+			err = ENOLCK;
+		}
 		if (err == SHARE_YIELD)
-			err = share_wait_turn(mf, deadline);
+			err = share_wait_turn(mf, deadline, &fresh);
 		if (err != 0) {
 			errno = err == EWOULDBLOCK ? call->busy_errno : err;
 			return -1;
@@ -157,11 +186,15 @@ int share_lock(const struct lock_call *call, const struct managed_file *mf)
 	}
 }
 
-/* Flush, let the kernel unlock, let the keeper release what nobody holds
- * now. */
+/* Let the kernel unlock, let the keeper release what nobody holds now.  No
+ * fsync (a round trip to the share): the keeper flushes the file by path
+ * before the sidecar can go to another host (src/core/coherence.h), as it
+ * must anyway for locks that end by exit; fsync on any descriptor of the
+ * inode writes back the inode's dirty pages, whoever dirtied them (NFS, CIFS,
+ * FUSE with writeback_cache), and FUSE without it writes through at each
+ * write(). */
 int share_unlock(const struct lock_call *call, const char *what)
 {
-	share_flush(call->fd);
 	if (call->take(call) != 0)
 		return -1;
 	log_info("unlocked %s %d (pid %ld)", what, call->fd, (long)getpid());
@@ -178,13 +211,6 @@ bool share_held_elsewhere(const struct managed_file *mf)
 	bool held = err == 0 ? rep.status == KEEPER_BUSY : access(mf->sidecar, F_OK) == 0;
 	errno = saved_errno;
 	return held;
-}
-
-void share_flush(int fd)
-{
-	int saved = errno;
-	fsync(fd);
-	errno = saved;
 }
 
 void share_check(void)

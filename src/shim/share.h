@@ -28,16 +28,13 @@ struct lock_call {
  * (reported).  A call that succeeds leaves errno as it was. */
 int share_lock(const struct lock_call *call, const struct managed_file *mf);
 
-/* An unlock (call->take is the kernel's unlock): flush, unlock, and return
+/* An unlock (call->take is the kernel's unlock): unlock, and return
  * once the keeper has released what nobody holds now.  No need to know which
  * file it is.  what names it in the log ("descriptor"). */
 int share_unlock(const struct lock_call *call, const char *what);
 
 /* True if another client holds mf's sidecar (F_GETLK's question). */
 bool share_held_elsewhere(const struct managed_file *mf);
-
-/* Flushes fd's data to the share before a lock on it may end. */
-void share_flush(int fd);
 
 /* A managed lock may have ended: returns once the keeper has released
  * every sidecar that no local lock needs.  Preserves errno. */
