@@ -138,6 +138,31 @@ test_killed_idle_holder_is_broken_after_a_lease() {
   assertTrue "took ${took}s, the lease is 1 s" "between $took 0.5 8"
 }
 
+# A lock call on a file whose sidecar this host holds makes no round trip to
+# the share: no fsync, no stat of the name, no statx that asks the server
+# (AT_STATX_DONT_SYNC answers from the client's inode).  Only the first lock,
+# a fresh acquisition, checks the name and revalidates the attributes, once.
+# The keeper runs already (lock g): strace follows only the locking process.
+test_lock_calls_on_a_held_file_make_no_share_round_trip() {
+  export UUIDLOCK_LINGER=30
+  lock_unlock g || fail "start the keeper"
+  local steps="ex:5 un:5" i
+  for i in $(seq 10); do steps="$steps ex:5 un:5 sh:5 un:5"; done
+  for i in $(seq 5); do steps="$steps setlk:5:w:0:0 setlk:5:u:0:0 lockf:5:lock:0 lockf:5:ulock:0 getlk:5:w:0:0"; done
+  # shellcheck disable=SC2086
+  strace -qq -e trace=all -E LD_PRELOAD="$SHIM_PRELOAD" -o "$RIG/trace" "$LOCKDRV" open:5:"$C1/f" $steps >"$RIG/out" 2>&1
+  assertEquals "every lock call succeeded" "" "$(grep -vE ' ok( type=.*)?$' "$RIG/out")"
+  assertEquals "the lock calls were made" 21 "$(grep -cE '^flock\(5, LOCK_(EX|SH)\)' "$RIG/trace")"
+  local after_open # the trace after the open of $C1/f
+  after_open=$(awk -v name="\"$C1/f\"" 'seen; /^openat\(/ && index($0, name) { seen = 1 }' "$RIG/trace")
+  assertEquals "no fsync: $(grep -E '^f(data)?sync' <<<"$after_open")" "" "$(grep -E '^f(data)?sync' <<<"$after_open")"
+  assertEquals "the name looked up once, at the fresh acquisition" 1 "$(grep -c "\"$C1/f\"" <<<"$after_open")"
+  assertEquals "attributes asked of the server once" 1 "$(grep -c '^statx(5, .*AT_STATX_FORCE_SYNC' <<<"$after_open")"
+  assertEquals "no other statx of the file but from the client's inode: $(grep '^statx(5' <<<"$after_open" | grep -v DONT_SYNC | head -3)" \
+    1 "$(grep '^statx(5' <<<"$after_open" | grep -cv AT_STATX_DONT_SYNC)"
+  assertEquals "no fstat, no fstatfs" 0 "$(grep -cE '^(newfstatat\(5|fstat\(5|fstatfs\(5)' <<<"$after_open")"
+}
+
 # Two long-lived SQLite connections on two hosts, holds cached: every row,
 # the index intact (FACTS.md: 31-35 of 60 rows without the cache drop).
 test_sqlite_long_lived_connections_on_two_hosts_with_cached_holds() {

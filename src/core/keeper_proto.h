@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdint.h>
 
-#define KEEPER_PROTO_VERSION 4
+#define KEEPER_PROTO_VERSION 5
 #define KEEPER_SOCKET_NAME "keeper.sock"
 #define KEEPER_LOCK_NAME "keeper.lock"
 #define KEEPER_PID_NAME "keeper.pid"
@@ -25,7 +25,7 @@ enum keeper_op {
 };
 
 enum keeper_status {
-	KEEPER_HELD = 1, /* this host holds the sidecar */
+	KEEPER_HELD = 1, /* this host holds the sidecar; error: KEEPER_HELD_FRESH or 0 */
 	KEEPER_BUSY,     /* another holder has it (non-blocking request) */
 	KEEPER_TIMEOUT,  /* UUIDLOCK_TIMEOUT ran out */
 	KEEPER_FAILED,   /* the share refused: error and message say why */
@@ -51,6 +51,12 @@ struct keeper_request {
 	char prefix[CONFIG_PREFIX_MAX];
 	char sidecar[PATH_MAX];
 };
+
+/* KEEPER_HELD's error: the host has just acquired the sidecar (another host
+ * may have written the file since this host last held it), so the asker
+ * checks the file's name and revalidates its attributes.  0: the hold is
+ * continuous since a reply that said so (see share_acquire). */
+#define KEEPER_HELD_FRESH 1
 
 /* Never changes, so that any keeper can tell any library what is wrong. */
 struct keeper_reply {

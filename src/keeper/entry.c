@@ -232,7 +232,7 @@ static void become_held(struct entry *e, int64_t now)
 	for (struct conn *c = conns; c != NULL; c = c->next)
 		if (c->entry == e && c->turn_only)
 			e->turn_grace_until = now + e->retry_ns;
-	reply_waiters(e, false, KEEPER_HELD, 0, "");
+	reply_waiters(e, false, KEEPER_HELD, KEEPER_HELD_FRESH, "");
 	schedule_check(now, e->retry_ns);
 }
 

@@ -3,8 +3,9 @@
  * dup family, whose copies share a description's lock.
  *
  * Only descriptors marked in fdtrack (a managed lock was taken through them
- * or a copy of them) need anything: flush their data before the close, and
- * after it let the keeper release the sidecar if no local lock is left. */
+ * or a copy of them) need anything: after the close, let the keeper release
+ * the sidecar if no local lock is left (it flushes the file's data first:
+ * see share_unlock). */
 #include "fdtrack.h"
 #include "real.h"
 #include "share.h"
@@ -18,7 +19,6 @@ EXPORT int close(int fd)
 {
 	if (!fdtrack_test(fd))
 		return REAL(close)(fd);
-	share_flush(fd);
 	fdtrack_clear(fd);
 	int r = REAL(close)(fd);
 	share_check();
@@ -30,8 +30,6 @@ EXPORT int fclose(FILE *stream)
 	int fd = fileno(stream);
 	if (!fdtrack_test(fd))
 		return REAL(fclose)(stream);
-	fflush(stream); /* so that share_flush sees the stream's buffered data */
-	share_flush(fd);
 	fdtrack_clear(fd);
 	int r = REAL(fclose)(stream);
 	share_check();
@@ -54,8 +52,6 @@ static int dup_onto(int oldfd, int newfd, int flags, bool use_dup3)
 	if (!fdtrack_in_use())
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	bool closes_marked = oldfd != newfd && fdtrack_test(newfd);
-	if (closes_marked)
-		share_flush(newfd);
 	int r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (r >= 0)
 		fdtrack_copy(oldfd, newfd);
@@ -74,13 +70,11 @@ EXPORT int dup3(int oldfd, int newfd, int flags)
 	return dup_onto(oldfd, newfd, flags, true);
 }
 
-/* Flushes and unmarks every marked descriptor in [first, last]; true if
- * there was one. */
-static bool flush_marked_range(unsigned first, unsigned last)
+/* Unmarks every marked descriptor in [first, last]; true if there was one. */
+static bool unmark_range(unsigned first, unsigned last)
 {
 	bool any = last >= FDTRACK_LIMIT && fdtrack_high_marked();
 	for (int fd = fdtrack_next(first, last); fd >= 0; fd = fdtrack_next((unsigned)fd + 1, last)) {
-		share_flush(fd);
 		fdtrack_clear(fd);
 		any = true;
 	}
@@ -91,7 +85,7 @@ EXPORT int close_range(unsigned first, unsigned last, int flags)
 {
 	if ((flags & CLOSE_RANGE_CLOEXEC) || first > last)
 		return REAL(close_range)(first, last, flags);
-	bool any = flush_marked_range(first, last);
+	bool any = unmark_range(first, last);
 	int r = REAL(close_range)(first, last, flags);
 	if (any)
 		share_check();
@@ -101,7 +95,7 @@ EXPORT int close_range(unsigned first, unsigned last, int flags)
 /* glibc's closefrom calls close_range internally, never our wrapper. */
 EXPORT void closefrom(int lowfd)
 {
-	bool any = lowfd >= 0 && flush_marked_range((unsigned)lowfd, ~0U);
+	bool any = lowfd >= 0 && unmark_range((unsigned)lowfd, ~0U);
 	REAL(closefrom)(lowfd);
 	if (any)
 		share_check();

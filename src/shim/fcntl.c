@@ -44,47 +44,48 @@ static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 	return 0;
 }
 
-/* Drops a range: flush, let the kernel unlock, let the keeper release what
- * nobody holds now.  No need to know which file it is. */
-static int unlock_range(int fd, int cmd, struct flock *fl)
+/* A record lock call's arguments, for share_lock and share_unlock. */
+struct record_args {
+	int cmd;
+	struct flock *fl;
+	struct flock asked; /* *fl as the program passed it */
+};
+
+static int take_record_lock(const struct lock_call *call)
 {
-	share_flush(fd);
-	if (REAL(fcntl)(fd, cmd, fl) != 0)
-		return -1;
-	log_info("unlocked a range through descriptor %d (pid %ld)", fd, (long)getpid());
-	share_check();
-	return 0;
+	struct record_args *a = call->args;
+	*a->fl = a->asked;
+	return REAL(fcntl)(call->fd, a->cmd, a->fl);
 }
 
-/* Takes or drops a record lock (classic or OFD) on a managed file: the kernel
- * first, for exact local semantics (ranges, upgrades, splitting, the close
- * rule, EDEADLK), then the sidecar, which covers the whole file. */
+/* Drops the range asked for, without waiting. */
+static void undo_record_lock(const struct lock_call *call)
+{
+	const struct record_args *a = call->args;
+	struct flock undo = a->asked;
+	undo.l_type = F_UNLCK;
+	int cmd = a->cmd == F_SETLKW ? F_SETLK : a->cmd == F_OFD_SETLKW ? F_OFD_SETLK : a->cmd;
+	REAL(fcntl)(call->fd, cmd, &undo);
+}
+
+static struct lock_call record_call(int fd, struct record_args *a)
+{
+	return (struct lock_call){ .fd = fd, .nonblocking = a->cmd == F_SETLK || a->cmd == F_OFD_SETLK,
+				   .busy_errno = EAGAIN, .take = take_record_lock, .undo = undo_record_lock,
+				   .args = a };
+}
+
+/* Takes or drops a record lock (classic or OFD) on a managed file (mf NULL:
+ * a drop through a descriptor we locked through): the kernel first, for
+ * exact local semantics (ranges, upgrades, splitting, the close rule,
+ * EDEADLK), then the sidecar, which covers the whole file. */
 static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
 {
+	struct record_args a = { .cmd = cmd, .fl = fl, .asked = *fl };
+	struct lock_call call = record_call(fd, &a);
 	if (fl->l_type == F_UNLCK)
-		return unlock_range(fd, cmd, fl);
-	bool nonblocking = cmd == F_SETLK || cmd == F_OFD_SETLK;
-	int64_t deadline = share_deadline();
-	struct flock asked = *fl;
-	for (;;) {
-		*fl = asked;
-		if (REAL(fcntl)(fd, cmd, fl) != 0)
-			return -1; /* EAGAIN, EACCES, EINTR, EDEADLK, EINVAL: the kernel's */
-		int err = share_acquire(fd, mf, nonblocking, deadline);
-		if (err == 0)
-			return 0;
-		/* The keeper answers HELD to a process it answered before, so we held
-		 * nothing on this file before this call: undoing our range is exact. */
-		struct flock undo = asked;
-		undo.l_type = F_UNLCK;
-		REAL(fcntl)(fd, nonblocking ? cmd : (cmd == F_SETLKW ? F_SETLK : F_OFD_SETLK), &undo);
-		if (err == SHARE_YIELD)
-			err = share_wait_turn(mf, deadline);
-		if (err != 0) {
-			errno = err == EWOULDBLOCK ? EAGAIN : err;
-			return -1;
-		}
-	}
+		return share_unlock(&call, "a range through descriptor");
+	return share_lock(&call, mf);
 }
 
 int record_lock(int fd, int cmd, struct flock *fl)
@@ -92,7 +93,7 @@ int record_lock(int fd, int cmd, struct flock *fl)
 	/* As for flock: a descriptor we locked through unlocks without a lookup. */
 	bool sets = cmd != F_GETLK && cmd != F_OFD_GETLK;
 	if (sets && fl->l_type == F_UNLCK && fdtrack_test(fd))
-		return unlock_range(fd, cmd, fl);
+		return set_lock(fd, cmd, fl, NULL);
 	struct managed_file mf;
 	switch (managed_lookup(fd, &mf)) {
 	case NOT_MANAGED:

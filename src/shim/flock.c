@@ -14,39 +14,28 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-/* Unlock: flush, let the kernel unlock, let the keeper release what nobody
- * holds now.  No need to know which file it is. */
-static int flock_unlock_managed(int fd, int op)
+static int take_flock(const struct lock_call *call)
 {
-	share_flush(fd);
-	if (REAL(flock)(fd, op) != 0)
-		return -1;
-	log_info("unlocked descriptor %d (pid %ld)", fd, (long)getpid());
-	share_check();
-	return 0;
+	return REAL(flock)(call->fd, *(const int *)call->args);
+}
+
+static void undo_flock(const struct lock_call *call)
+{
+	REAL(flock)(call->fd, LOCK_UN);
+}
+
+static struct lock_call flock_call(int fd, const int *op)
+{
+	return (struct lock_call){ .fd = fd, .nonblocking = *op & LOCK_NB, .busy_errno = EWOULDBLOCK,
+				   .take = take_flock, .undo = undo_flock, .args = (void *)op };
 }
 
 static int flock_managed(int fd, int op, const struct managed_file *mf)
 {
+	struct lock_call call = flock_call(fd, &op);
 	if ((op & ~LOCK_NB) == LOCK_UN)
-		return flock_unlock_managed(fd, op);
-	int64_t deadline = share_deadline();
-	for (;;) {
-		if (REAL(flock)(fd, op) != 0)
-			return -1; /* EINVAL, EBADF, EWOULDBLOCK or EINTR: exactly the kernel's */
-		int err = share_acquire(fd, mf, op & LOCK_NB, deadline);
-		if (err == 0)
-			return 0;
-		/* Not held across clients: give the kernel lock back so no local
-		 * process waits behind a lock we don't have. */
-		REAL(flock)(fd, LOCK_UN);
-		if (err == SHARE_YIELD)
-			err = share_wait_turn(mf, deadline);
-		if (err != 0) {
-			errno = err;
-			return -1;
-		}
-	}
+		return share_unlock(&call, "descriptor");
+	return share_lock(&call, mf);
 }
 
 EXPORT int flock(int fd, int op)
@@ -55,8 +44,10 @@ EXPORT int flock(int fd, int op)
 		return REAL(flock)(fd, op);
 	/* A descriptor we locked through (or a copy) unlocks without the lookup's
 	 * round trips to the share; any other goes through the lookup. */
-	if ((op & ~LOCK_NB) == LOCK_UN && fdtrack_test(fd))
-		return flock_unlock_managed(fd, op);
+	if ((op & ~LOCK_NB) == LOCK_UN && fdtrack_test(fd)) {
+		struct lock_call call = flock_call(fd, &op);
+		return share_unlock(&call, "descriptor");
+	}
 	struct managed_file mf;
 	switch (managed_lookup(fd, &mf)) {
 	case MANAGED:

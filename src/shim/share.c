@@ -14,7 +14,9 @@
 
 #include <minmax.h>
 
-int64_t share_deadline(void)
+/* The moment a lock call gives up waiting (UUIDLOCK_TIMEOUT), on the
+ * monotonic clock; -1: never.  One per call, across turns. */
+static int64_t share_deadline(void)
 {
 	return shim_config.timeout_ns < 0 ? -1 : mono_ns() + shim_config.timeout_ns;
 }
@@ -39,26 +41,68 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
+/* One request to the keeper, about mf's sidecar (NULL: about none). */
+static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t timeout_ns, bool nonblocking,
+		      struct keeper_reply *rep)
+{
+	struct keeper_request req = new_request(op);
+	req.timeout_ns = timeout_ns;
+	req.nonblocking = nonblocking;
+	if (mf != NULL) {
+		req.dev = mf->dev;
+		req.ino = mf->ino;
+		memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
+		memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+		req.suffix_len = strlen(shim_config.suffix);
+	}
+	*rep = (struct keeper_reply){ 0 };
+	return keeper_call(&shim_config, shim_keeper_program(), &req, rep);
+}
+
 static void revalidate_attributes(int fd)
 {
 	struct statx sx;
 	statx(fd, "", AT_EMPTY_PATH | AT_STATX_FORCE_SYNC, STATX_SIZE | STATX_MTIME, &sx);
 }
 
-int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline)
+/* share_acquire's answer when another host has asked for a turn (fairness,
+ * see src/core/sidecar.c): give the kernel lock back, share_wait_turn, and
+ * try the whole lock call again. */
+#define SHARE_YIELD (-1)
+/* ... when the sidecar is held but the name is not the file's any more
+ * (reported): give the kernel lock back and let the keeper release it. */
+#define SHARE_NAME_GONE (-2)
+
+/* A fresh hold (the keeper has just acquired the sidecar: another host may
+ * have changed the file since this host last held it) is checked: is the
+ * name still the file's?  Then the client is made to ask the server for the
+ * file's size and mtime (FUSE and NFS cache them: a stale size cuts reads
+ * short and puts appends over another client's data).
+ * A continuous hold needs neither, so a lock call on a file this host holds
+ * makes no round trip to the share: the keeper dropped the host's cached
+ * pages and refreshed the inode's attributes when it acquired the sidecar,
+ * before any reply (src/core/coherence.h), and the attribute cache is the
+ * inode's, the host's: one refresh after the acquisition serves every local
+ * process; no other host writes while we hold it.  For the name see
+ * managed_name_is_current. */
+static bool fresh_hold_ok(int fd, const struct managed_file *mf)
+{
+	if (!managed_name_is_current(mf))
+		return false;
+	revalidate_attributes(fd);
+	return true;
+}
+
+/* Returns 0 when this host holds mf's sidecar (fd is then marked), after
+ * fresh_hold_ok if the keeper says fresh -- or said so to the share_wait_turn
+ * before (*fresh: the first grant after an acquisition may be a continuous
+ * one) -- SHARE_YIELD, SHARE_NAME_GONE, else the errno the lock call must
+ * fail with: EWOULDBLOCK (busy, non-blocking), EINTR, or ENOLCK (reported). */
+static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline, bool *fresh)
 {
 	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
-	struct keeper_request req = new_request(KEEPER_ACQUIRE);
-	req.timeout_ns = time_left(deadline);
-	req.nonblocking = nonblocking;
-	req.dev = mf->dev;
-	req.ino = mf->ino;
-	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
-	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-	req.suffix_len = strlen(shim_config.suffix);
-
-	struct keeper_reply rep = { 0 };
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	struct keeper_reply rep;
+	int err = ask_keeper(KEEPER_ACQUIRE, mf, time_left(deadline), nonblocking, &rep);
 	if (err == EINTR)
 		return EINTR;
 	if (err != 0) {
@@ -67,14 +111,11 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	}
 	switch (rep.status) {
 	case KEEPER_HELD:
+		*fresh = *fresh || (rep.error & KEEPER_HELD_FRESH) != 0;
+		if (*fresh && !fresh_hold_ok(fd, mf))
+			return SHARE_NAME_GONE;
 		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
-		/* Another client may have changed the file while we didn't hold it:
-		 * make the client ask the server for its size and mtime (FUSE and NFS
-		 * cache them: a stale size cuts reads short and puts appends over
-		 * another client's data).  The keeper dropped the host's cached pages
-		 * of the file when it acquired the sidecar (src/core/coherence.h). */
-		revalidate_attributes(fd);
 		errno = saved_errno;
 		return 0;
 	case KEEPER_BUSY:
@@ -90,14 +131,14 @@ int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64
 	}
 }
 
-int share_wait_turn(const struct managed_file *mf, int64_t deadline)
+/* After SHARE_YIELD, holding no kernel lock on the file: returns 0 when
+ * this host may take it again (*fresh set if it has just acquired the
+ * sidecar), else EINTR or ENOLCK (reported). */
+static int share_wait_turn(const struct managed_file *mf, int64_t deadline, bool *fresh)
 {
 	int saved_errno = errno; /* the lock call may still succeed */
-	struct keeper_request req = new_request(KEEPER_WAIT_TURN);
-	req.timeout_ns = time_left(deadline);
-	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-	struct keeper_reply rep = { 0 };
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	struct keeper_reply rep;
+	int err = ask_keeper(KEEPER_WAIT_TURN, mf, time_left(deadline), false, &rep);
 	if (err == EINTR)
 		return EINTR;
 	if (err == ENOENT) {
@@ -109,6 +150,7 @@ int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 		return ENOLCK;
 	}
 	if (rep.status == KEEPER_HELD || rep.status == KEEPER_DONE) {
+		*fresh = *fresh || (rep.status == KEEPER_HELD && (rep.error & KEEPER_HELD_FRESH) != 0);
 		errno = saved_errno;
 		return 0;
 	}
@@ -116,32 +158,66 @@ int share_wait_turn(const struct managed_file *mf, int64_t deadline)
 	return ENOLCK;
 }
 
+int share_lock(const struct lock_call *call, const struct managed_file *mf)
+{
+	int64_t deadline = share_deadline();
+	bool fresh = false;
+	for (;;) {
+		if (call->take(call) != 0)
+			return -1; /* exactly the kernel's errno */
+		int err = share_acquire(call->fd, mf, call->nonblocking, deadline, &fresh);
+		if (err == 0)
+			return 0;
+		/* Not held across clients: give the kernel lock back so no local
+		 * process waits behind a lock we don't have.  The keeper answers HELD
+		 * to a process it answered before, so we held nothing on this file
+		 * before this call: the undo is exact. */
+		call->undo(call);
+		if (err == SHARE_NAME_GONE) {
+			share_check();
+			err = ENOLCK;
+		}
+		if (err == SHARE_YIELD)
+			err = share_wait_turn(mf, deadline, &fresh);
+		if (err != 0) {
+			errno = err == EWOULDBLOCK ? call->busy_errno : err;
+			return -1;
+		}
+	}
+}
+
+/* Let the kernel unlock, let the keeper release what nobody holds now.  No
+ * fsync (a round trip to the share): the keeper flushes the file by path
+ * before the sidecar can go to another host (src/core/coherence.h), as it
+ * must anyway for locks that end by exit; fsync on any descriptor of the
+ * inode writes back the inode's dirty pages, whoever dirtied them (NFS, CIFS,
+ * FUSE with writeback_cache), and FUSE without it writes through at each
+ * write(). */
+int share_unlock(const struct lock_call *call, const char *what)
+{
+	if (call->take(call) != 0)
+		return -1;
+	log_info("unlocked %s %d (pid %ld)", what, call->fd, (long)getpid());
+	share_check();
+	return 0;
+}
+
 bool share_held_elsewhere(const struct managed_file *mf)
 {
 	int saved_errno = errno;
-	struct keeper_request req = new_request(KEEPER_PROBE);
-	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-	struct keeper_reply rep = { 0 };
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	struct keeper_reply rep;
+	int err = ask_keeper(KEEPER_PROBE, mf, shim_config.timeout_ns, false, &rep);
 	/* No keeper: this host holds nothing, so any sidecar is someone else's. */
 	bool held = err == 0 ? rep.status == KEEPER_BUSY : access(mf->sidecar, F_OK) == 0;
 	errno = saved_errno;
 	return held;
 }
 
-void share_flush(int fd)
-{
-	int saved = errno;
-	fsync(fd);
-	errno = saved;
-}
-
 void share_check(void)
 {
 	int saved = errno;
-	struct keeper_request req = new_request(KEEPER_CHECK);
 	struct keeper_reply rep;
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	int err = ask_keeper(KEEPER_CHECK, NULL, shim_config.timeout_ns, false, &rep);
 	if (err != 0 && err != EINTR && err != ENOENT)
 		log_warn("could not tell the keeper about a released lock: %s", rep.message);
 	errno = saved;

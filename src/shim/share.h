@@ -9,29 +9,32 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* The moment a lock call gives up waiting (UUIDLOCK_TIMEOUT), on the
- * monotonic clock; -1: never.  One per call, across turns. */
-int64_t share_deadline(void);
+/* One managed lock call, as the family (flock, fcntl, lockf) makes it:
+ * take is the kernel call as the program made it (-1 with the kernel's
+ * errno on failure), undo gives back what take took. */
+struct lock_call {
+	int fd;
+	bool nonblocking;
+	int busy_errno; /* what a busy non-blocking call fails with */
+	int (*take)(const struct lock_call *call);
+	void (*undo)(const struct lock_call *call);
+	void *args; /* the family's own arguments */
+};
 
-/* share_acquire's answer when another host has asked for a turn (fairness,
- * see src/core/sidecar.c): give the kernel lock back, share_wait_turn, and
- * try the whole lock call again. */
-#define SHARE_YIELD (-1)
+/* Takes the kernel lock, then makes sure this host holds mf's sidecar; gives
+ * the kernel lock back and waits when another host's turn comes first
+ * (fairness, see src/core/sidecar.c), across turns until UUIDLOCK_TIMEOUT.
+ * Returns 0, or -1 with errno: the kernel's, busy_errno, EINTR or ENOLCK
+ * (reported).  A call that succeeds leaves errno as it was. */
+int share_lock(const struct lock_call *call, const struct managed_file *mf);
 
-/* Returns 0 when this host holds mf's sidecar (fd is then marked and its
- * cached pages dropped), SHARE_YIELD, else the errno the lock call must
- * fail with: EWOULDBLOCK (busy, non-blocking), EINTR, or ENOLCK (reported). */
-int share_acquire(int fd, const struct managed_file *mf, bool nonblocking, int64_t deadline);
-
-/* After SHARE_YIELD, holding no kernel lock on the file: returns 0 when
- * this host may take it again, else EINTR or ENOLCK (reported). */
-int share_wait_turn(const struct managed_file *mf, int64_t deadline);
+/* An unlock (call->take is the kernel's unlock): unlock, and return
+ * once the keeper has released what nobody holds now.  No need to know which
+ * file it is.  what names it in the log ("descriptor"). */
+int share_unlock(const struct lock_call *call, const char *what);
 
 /* True if another client holds mf's sidecar (F_GETLK's question). */
 bool share_held_elsewhere(const struct managed_file *mf);
-
-/* Flushes fd's data to the share before a lock on it may end. */
-void share_flush(int fd);
 
 /* A managed lock may have ended: returns once the keeper has released
  * every sidecar that no local lock needs.  Preserves errno. */

@@ -29,6 +29,7 @@ static inline bool shim_manages_nothing(void)
 /* A file a lock call concerns, as the sidecar protocol needs it. */
 struct managed_file {
 	uint64_t dev, ino;
+	bool name_checked; /* on the share, that the locked name is the file's */
 	char sidecar[PATH_MAX];
 };
 
@@ -38,9 +39,14 @@ enum managed {
 	REFUSED,     /* should be managed but can't be: fail with ENOLCK */
 };
 
-/* Decides for a lock call on fd.  Costs an fstat, and a readlink only for a
- * descriptor on the same device as a managed directory. */
+/* Decides for a lock call on fd.  Costs a statx of the client's inode, and a
+ * readlink only for a descriptor on the same device as a managed directory:
+ * no round trip to the share. */
 enum managed managed_lookup(int fd, struct managed_file *mf);
+
+/* After the keeper says mf's sidecar is fresh: is the locked name still the
+ * file's, with no other name (a round trip to the share)?  Reported if not. */
+bool managed_name_is_current(const struct managed_file *mf);
 
 /* The absolute path of uuidlock-keeper, next to this library. */
 const char *shim_keeper_program(void);
