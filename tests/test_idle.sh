@@ -78,6 +78,23 @@ test_status_says_a_hold_is_idle() {
   release_holder
 }
 
+# A peer of another implementation (uuid-filelock: its sidecar is the UUID
+# alone, created exclusively, retried) never asks for a turn: it gets in
+# once the linger ends, not later.
+test_a_foreign_peer_gets_in_within_the_linger() {
+  export UUIDLOCK_LINGER=2
+  idle_hold f
+  local t0=$EPOCHREALTIME i
+  for i in $(seq 300); do   # uuid-filelock's loop: exclusive create, retry
+    (set -o noclobber; printf 'peer-%s' "$i" >"$RIG/srv/f$SFX") 2>/dev/null && break
+    sleep 0.05
+  done
+  local took; took=$(elapsed_since "$t0")
+  assertEquals "the peer holds it" "peer-$i" "$(cat "$RIG/srv/f$SFX")"
+  assertTrue "the peer got in after ${took}s (linger 2 s)" "between $took 1 8"
+  rm -f "$RIG/srv/f$SFX"
+}
+
 test_an_idle_hold_ends_after_the_linger() {
   export UUIDLOCK_LINGER=0.3
   idle_hold f
