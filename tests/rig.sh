@@ -281,6 +281,10 @@ rig_teardown() {
   [ -n "$RIG" ] || return 0
   local p jobpids='' pidfile=$RIG/run/keeper.pid
 
+  # A share a test stopped (SIGSTOP) answers again: whatever waits on it
+  # can end, and its unmount too.
+  # shellcheck disable=SC2086
+  [ -z "$_RIG_FUSE_PIDS" ] || kill -CONT $_RIG_FUSE_PIDS 2>/dev/null
   # Keeper first: it may hold files on the share open.
   if [ -r "$pidfile" ]; then
     p=$(<"$pidfile")
@@ -302,7 +306,7 @@ rig_teardown() {
   # sshd see EOF.
   local fuse
   fuse="$_RIG_FUSE_PIDS $(_rig_ssh_pids)"
-  _rig_umount "$RIG/c1"; _rig_umount "$RIG/c2"
+  _rig_umount "$RIG/c1"; _rig_umount "$RIG/c2"; _rig_umount "$RIG/s2"
   # shellcheck disable=SC2086
   if ! _rig_wait_gone 5 $fuse; then
     _rig_log "${_RIG_SHARE:-bindfs} did not exit after unmount; killing it"
@@ -315,7 +319,21 @@ rig_teardown() {
   fi
   rm -rf "$RIG"
   RIG='' _RIG_FUSE_PIDS='' _RIG_SHARE=''
-  unset UUIDLOCK_RIG UUIDLOCK_RUNTIME_DIR UUIDLOCK_PATHS
+  unset UUIDLOCK_RIG UUIDLOCK_RUNTIME_DIR UUIDLOCK_PATHS S2 S2_PID
+}
+
+# rig_second_share: a second share, $RIG/srv2, mounted by one client at $S2
+# (bindfs, as $C1's kind of client would be; no sshd of its own); its
+# daemon's PID is $S2_PID, for tests that stop it (SIGSTOP, as a hung
+# server).  rig_teardown lets it go on and unmounts it.
+rig_second_share() {
+  S2=$RIG/s2
+  mkdir -p "$RIG/srv2" "$S2" || return 1
+  S2_PID=$(bindfs -f -o "$_RIG_BINDFS_OPTS" "$RIG/srv2" "$S2" \
+             </dev/null >>"$RIG/bindfs.log" 2>&1 & echo $!)
+  _RIG_FUSE_PIDS+=" $S2_PID"
+  export S2 S2_PID
+  _rig_mount_wait "$S2" "$S2_PID"
 }
 
 # shimmed CMD ARGS... : run CMD with the shim preloaded.
