@@ -47,15 +47,16 @@ static int get_lock(int fd, int cmd, struct flock *fl, const struct managed_file
 /* A record lock call's arguments, for share_lock and share_unlock. */
 struct record_args {
 	int cmd;
-	struct flock *fl;
-	struct flock asked; /* *fl as the program passed it */
+	struct flock asked; /* as the program passed it */
 };
 
+/* The kernel only reads a set-lock request, so programs may pass one in
+ * read-only memory (a static const struct flock): never write to theirs. */
 static int take_record_lock(const struct lock_call *call)
 {
-	struct record_args *a = call->args;
-	*a->fl = a->asked;
-	return REAL(fcntl)(call->fd, a->cmd, a->fl);
+	const struct record_args *a = call->args;
+	struct flock fl = a->asked;
+	return REAL(fcntl)(call->fd, a->cmd, &fl);
 }
 
 /* Drops the range asked for, without waiting. */
@@ -81,7 +82,7 @@ static struct lock_call record_call(int fd, struct record_args *a)
  * EDEADLK), then the sidecar, which covers the whole file. */
 static int set_lock(int fd, int cmd, struct flock *fl, const struct managed_file *mf)
 {
-	struct record_args a = { .cmd = cmd, .fl = fl, .asked = *fl };
+	struct record_args a = { .cmd = cmd, .asked = *fl };
 	struct lock_call call = record_call(fd, &a);
 	if (fl->l_type == F_UNLCK)
 		return share_unlock(&call, "a range through descriptor");
