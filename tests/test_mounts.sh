@@ -222,6 +222,11 @@ test_a_stopped_share_does_not_stall_locks_elsewhere() {
   kill -STOP "$S2_PID"
   locked_beside_stopped_share "$C1:$C2:$S2"
   locked_beside_stopped_share "$S2:$C1:$C2"
+  # A local directory that doesn't exist is still a bad configuration.
+  UUIDLOCK_PATHS="$S2:$RIG/no/such/dir:$C1" guarded "$LOCKDRV" open:5:"$C1/f" ex:5 >"$RIG/a.out" 2>"$RIG/a.err"
+  assertEquals "a bad directory beside: the lock fails" "ex:5 err ENOLCK" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "and says why" "$(cat "$RIG/a.err")" \
+    "uuidlock: UUIDLOCK_PATHS: \"$RIG/no/such/dir\" is invalid: No such file or directory"
   # One process: a lock while $S2 is stopped, then one on $S2 once it answers.
   (UUIDLOCK_PATHS="$C1:$C2:$S2" guarded "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 \
      touch:"$RIG/first" wait:"$RIG/cont" open:6:"$S2/f" ex:6 touch:"$RIG/held" wait:"$RIG/go" un:6 \
