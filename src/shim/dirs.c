@@ -22,6 +22,7 @@ struct view {
 /* Publishing is a few stores, under publish_lock; nobody waits for a walk. */
 static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t publisher; /* the thread publishing, 0 if none */
+static struct config *published; /* whose directories (for a child of a fork) */
 
 bool dirs_resolved(const struct managed_dir *d)
 {
@@ -103,7 +104,7 @@ static enum walked follow(struct walk *w)
 		return bad(w, strerror(ELOOP));
 	size_t candidate = strlen(w->path), cap = sizeof w->path - candidate - 1;
 	char *target = w->path + candidate + 1; /* the room behind the name */
-	ssize_t n = readlink(w->path, target, cap);
+	ssize_t n = cap < 2 ? (ssize_t)cap : readlink(w->path, target, cap);
 	if (n < 0)
 		return bad(w, strerror(errno));
 	size_t rest = strlen(w->rest + w->at);
@@ -174,6 +175,13 @@ static void forget_publishing_in_child(void)
 	pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
 	publish_lock = fresh; /* a thread of the parent may have held it: it doesn't exist here */
 	publisher = 0;
+	for (unsigned i = 0; i < published->ndirs; i++) { /* one it was writing: look again */
+		struct managed_dir *d = &published->dirs[i];
+		if (d->version % 2 != 0) {
+			d->state = DIR_UNRESOLVED;
+			d->version++;
+		}
+	}
 }
 
 static void set_result(struct managed_dir *d, const struct walk *w, enum walked r)
@@ -192,13 +200,14 @@ static void set_result(struct managed_dir *d, const struct walk *w, enum walked 
 /* Records what a walk found, unless the directory changed since we read its
  * version (another thread published first: look again).  A resolved or bad
  * directory stays so. */
-static bool publish(struct managed_dir *d, unsigned seen, const struct walk *w, enum walked r)
+static bool publish(struct config *c, struct managed_dir *d, unsigned seen, const struct walk *w, enum walked r)
 {
 	pid_t me = gettid();
 	if (__atomic_load_n(&publisher, __ATOMIC_ACQUIRE) == me)
 		return false;
 	pthread_mutex_lock(&publish_lock);
 	static bool atfork_registered; /* here, not at start-up: most programs never get here */
+	published = c;
 	if (!atfork_registered)
 		atfork_registered = pthread_atfork(NULL, NULL, forget_publishing_in_child) == 0;
 	__atomic_store_n(&publisher, me, __ATOMIC_RELEASE);
@@ -230,7 +239,7 @@ static enum settled settle_dir(struct config *c, struct managed_dir *d, struct w
 		enum walked r = walk(w, d->given);
 		if (r == WALKED_BUSY)
 			return SETTLED_BUSY;
-		if (!publish(d, v.version, w, r))
+		if (!publish(c, d, v.version, w, r))
 			continue;
 		if (r == WALKED_BAD) { /* reported by the one thread that found it */
 			config_report_bad_dir(d->given, w->why);
