@@ -243,4 +243,20 @@ test_a_stopped_share_does_not_stall_locks_elsewhere() {
   assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
 }
 
+# A share mounted inside another share lies on it: a directory named through
+# the outer one is resolved by a lock on the inner one (whose files' paths
+# lead through the outer), and manages it as any mount below it.
+test_a_share_inside_a_managed_share_is_managed() {
+  local pid
+  rig_second_share || fail "mount the second share"
+  mkdir -p "$RIG/srv2/inner" "$RIG/srv3" && ln -s "$S2" "$RIG/link" || fail "prepare"
+  pid=$(bindfs -f -o "$_RIG_BINDFS_OPTS" "$RIG/srv3" "$S2/inner" </dev/null >>"$RIG/bindfs.log" 2>&1 & echo $!)
+  _RIG_FUSE_PIDS+=" $pid" EXTRA_MOUNTS+=("$S2/inner")
+  _rig_mount_wait "$S2/inner" "$pid" || fail "mount inside the second share"
+  UUIDLOCK_PATHS="$C1:$RIG/link" UUIDLOCK_LOG=info guarded "$LOCKDRV" open:5:"$S2/inner/f" ex:5 un:5 \
+    >"$RIG/a.out" 2>"$RIG/a.err"
+  assertEquals "locked" "ex:5 ok" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "through its sidecar" "$(cat "$RIG/a.err")" "uuidlock: locked $S2/inner/f$SFX"
+}
+
 . shunit2
