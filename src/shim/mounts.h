@@ -2,8 +2,8 @@
  * is managed: a filesystem mounted at or below a managed directory is
  * managed (UUIDLOCK_PATHS=/mnt with the share at /mnt/share), and so is the
  * one a managed directory lives on.  Read from /proc/self/mountinfo at the
- * first lock call and again whenever a lock call meets a mount the table
- * doesn't know (a share remounted under a running program: a new mount id
+ * first lock call, after a managed directory is resolved (see dirs.h), and
+ * again whenever a lock call meets a mount the table doesn't know (a share remounted under a running program: a new mount id
  * or a new device number).  No descriptor is kept open between calls. */
 #ifndef UUIDLOCK_MOUNTS_H
 #define UUIDLOCK_MOUNTS_H
