@@ -192,4 +192,71 @@ test_hard_linked_file_is_refused() {
   assertEquals "one name again: locked" "ex:5 ok" "$(grep '^ex:5' "$RIG/c.out")"
 }
 
+# guarded CMD ARGS... : CMD under the shim, SIGKILLed after 30 s: a process
+# blocked in a FUSE request ignores SIGTERM (exit status 137 = it hung).
+guarded() { timeout -s KILL 30 env LD_PRELOAD="$SHIM_PRELOAD" "$@"; }
+
+# locked_beside_stopped_share PATHS : with the second share's daemon stopped
+# (a hung sshfs, a vanished NFS server), fresh processes lock a file on $C1
+# and a local file: neither may wait for the stopped share.
+locked_beside_stopped_share() {
+  local rc
+  UUIDLOCK_PATHS=$1 UUIDLOCK_LOG=info guarded "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 \
+    >"$RIG/a.out" 2>"$RIG/a.err"
+  rc=$?
+  assertEquals "$1: the lock on $C1 ended: $(cat "$RIG/a.err")" 0 $rc
+  assertEquals "$1: locked on $C1" "ex:5 ok" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "$1: through its sidecar" "$(cat "$RIG/a.err")" "uuidlock: locked $C1/f$SFX"
+  UUIDLOCK_PATHS=$1 guarded flock -w 10 "$RIG/local" true 2>"$RIG/b.err"
+  rc=$?
+  assertEquals "$1: the lock on a local file ended: $(cat "$RIG/b.err")" 0 $rc
+  wait_no_sidecars
+}
+
+# A managed directory is resolved only by a lock call it could concern: one on
+# a stopped share must not stall locks elsewhere, wherever UUIDLOCK_PATHS names
+# it; once the share answers again, a lock on it resolves its directory late.
+test_a_stopped_share_does_not_stall_locks_elsewhere() {
+  rig_second_share || fail "mount the second share"
+  : >"$RIG/local"
+  kill -STOP "$S2_PID"
+  locked_beside_stopped_share "$C1:$C2:$S2"
+  locked_beside_stopped_share "$S2:$C1:$C2"
+  # A local directory that doesn't exist is still a bad configuration.
+  UUIDLOCK_PATHS="$S2:$RIG/no/such/dir:$C1" guarded "$LOCKDRV" open:5:"$C1/f" ex:5 >"$RIG/a.out" 2>"$RIG/a.err"
+  assertEquals "a bad directory beside: the lock fails" "ex:5 err ENOLCK" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "and says why" "$(cat "$RIG/a.err")" \
+    "uuidlock: UUIDLOCK_PATHS: \"$RIG/no/such/dir\" is invalid: No such file or directory"
+  # One process: a lock while $S2 is stopped, then one on $S2 once it answers.
+  (UUIDLOCK_PATHS="$C1:$C2:$S2" guarded "$LOCKDRV" open:5:"$C1/f" ex:5 un:5 \
+     touch:"$RIG/first" wait:"$RIG/cont" open:6:"$S2/f" ex:6 touch:"$RIG/held" wait:"$RIG/go" un:6 \
+     >"$RIG/hold.out" 2>"$RIG/hold.err") &
+  HOLDER=$!
+  wait_for_file "$RIG/first" || fail "the holder's first lock never ended"
+  kill -CONT "$S2_PID"
+  touch "$RIG/cont"
+  held
+  assertTrue "the lock on $S2 made a sidecar" "[ -e '$RIG/srv2/f$SFX' ]"
+  release_holder
+  local rc=$?
+  assertEquals "holder ended: $(cat "$RIG/hold.err")" 0 $rc
+  assertEquals "holder: $(cat "$RIG/hold.out" "$RIG/hold.err")" 0 "$(grep -c ' err ' "$RIG/hold.out")"
+}
+
+# A share mounted inside another share lies on it: a directory named through
+# the outer one is resolved by a lock on the inner one (whose files' paths
+# lead through the outer), and manages it as any mount below it.
+test_a_share_inside_a_managed_share_is_managed() {
+  local pid
+  rig_second_share || fail "mount the second share"
+  mkdir -p "$RIG/srv2/inner" "$RIG/srv3" && ln -s "$S2" "$RIG/link" || fail "prepare"
+  pid=$(bindfs -f -o "$_RIG_BINDFS_OPTS" "$RIG/srv3" "$S2/inner" </dev/null >>"$RIG/bindfs.log" 2>&1 & echo $!)
+  _RIG_FUSE_PIDS+=" $pid" EXTRA_MOUNTS+=("$S2/inner")
+  _rig_mount_wait "$S2/inner" "$pid" || fail "mount inside the second share"
+  UUIDLOCK_PATHS="$C1:$RIG/link" UUIDLOCK_LOG=info guarded "$LOCKDRV" open:5:"$S2/inner/f" ex:5 un:5 \
+    >"$RIG/a.out" 2>"$RIG/a.err"
+  assertEquals "locked" "ex:5 ok" "$(grep '^ex:5' "$RIG/a.out")"
+  assertContains "through its sidecar" "$(cat "$RIG/a.err")" "uuidlock: locked $S2/inner/f$SFX"
+}
+
 . shunit2

@@ -78,14 +78,14 @@ static void load_text(struct config *c, const char *var, char *out, size_t cap, 
 		strcpy(out, v);
 }
 
-static void report_bad_path(const char *dir, const char *why)
+void config_report_bad_dir(const char *dir, const char *why)
 {
 	log_error("UUIDLOCK_PATHS: \"%s\" is invalid: %s; all lock calls will fail", dir, why);
 }
 
 static void bad_path(struct config *c, const char *dir, const char *why)
 {
-	report_bad_path(dir, why);
+	config_report_bad_dir(dir, why);
 	c->paths_invalid = c->invalid = true;
 }
 
@@ -99,24 +99,23 @@ static void add_managed_dir(struct config *c, const char *dir)
 		return bad_path(c, dir, "not an absolute path (nor auto)");
 	if (c->ndirs == CONFIG_MAX_DIRS)
 		return bad_path(c, dir, "too many directories");
-	strcpy(c->dirs[c->ndirs++].path, dir); /* resolved later: see config_resolve_dirs */
+	strcpy(c->dirs[c->ndirs++].given, dir); /* resolved later: see config_resolve_dirs */
 }
 
-/* Replaces a directory's name by its canonical one and learns its device. */
+/* Finds a directory's canonical name and its device. */
 static void resolve_dir(struct config *c, struct managed_dir *d)
 {
 	char resolved[PATH_MAX];
 	struct stat st;
 	const char *why = NULL;
-	if (realpath(d->path, resolved) == NULL || stat(resolved, &st) != 0)
+	if (realpath(d->given, resolved) == NULL || stat(resolved, &st) != 0)
 		why = strerror(errno);
 	else if (!S_ISDIR(st.st_mode))
 		why = "not a directory";
 	if (why != NULL) {
-		/* Only paths_invalid: c->invalid is read without a lock by every
-		 * wrapper, and with directories named it changes nothing there. */
-		report_bad_path(d->path, why);
+		config_report_bad_dir(d->given, why);
 		c->paths_invalid = true;
+		d->state = DIR_BAD;
 		return;
 	}
 	strcpy(d->path, resolved);
@@ -124,6 +123,7 @@ static void resolve_dir(struct config *c, struct managed_dir *d)
 	if (d->len == 1) /* "/": every path is below it */
 		d->len = 0;
 	d->dev = st.st_dev;
+	d->state = DIR_RESOLVED;
 }
 
 void config_resolve_dirs(struct config *c)

@@ -23,10 +23,24 @@
 #define CONFIG_LEASE_SECONDS_MAX (7 * 24 * 3600) /* a week: lease, foreign staleness */
 #define RUNTIME_DIR_MAX 85 /* "/keeper.<pid ns>.sock" must still fit in sun_path[108] */
 
+/* What is known of a managed directory.  The shim resolves each one only
+ * when a lock call could concern it (src/shim/dirs.c); the command at once. */
+enum dir_state {
+	DIR_UNRESOLVED, /* nothing yet */
+	DIR_RESOLVED,   /* path, len and dev are set, for good */
+	DIR_ON_SHARE,   /* its path leads into the share with device share_dev: not looked at */
+	DIR_BAD,        /* doesn't exist, isn't a directory ...: reported */
+};
+
 struct managed_dir {
-	char path[PATH_MAX]; /* once resolved: no symlinks, no "..", no trailing '/' */
+	char path[PATH_MAX]; /* resolved: no symlinks, no "..", no trailing '/' */
 	size_t len;
 	dev_t dev;
+	int state;          /* enum dir_state; in the shim read and written atomically */
+	unsigned version;   /* the shim's: odd while its state changes */
+	uint64_t share_dev; /* DIR_ON_SHARE: the share's device ... */
+	unsigned mounts_gen; /* ... as of this mount table (see mounts_generation) */
+	char given[PATH_MAX]; /* as UUIDLOCK_PATHS names it */
 };
 
 /* Fields a program's start-up sets come first, so that loading the shim
@@ -58,6 +72,9 @@ void config_load(struct config *c);
  * that don't exist.  Separate because on a share that costs round trips:
  * the shim does it at a process's first lock call, not at every start. */
 void config_resolve_dirs(struct config *c);
+
+/* The report of a managed directory that can't be resolved (the reason). */
+void config_report_bad_dir(const char *dir, const char *why);
 
 /* The keeper's directory: UUIDLOCK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/uuidlock
  * if that is ours, else /tmp/uuidlock-$UID or, if another user took that

@@ -44,7 +44,7 @@ static bool parse_line(char *line, struct mountinfo_line *m)
 		return false;
 	unescape(field[4]);
 	*m = (struct mountinfo_line){
-		.id = atoi(field[0]), .dev = makedev(major, minor), .mount_point = field[4], .type = type
+		.id = atoi(field[0]), .parent = atoi(field[1]), .dev = makedev(major, minor), .mount_point = field[4], .type = type
 	};
 	return true;
 }

@@ -10,6 +10,7 @@
 
 struct mountinfo_line {
 	int id;
+	int parent; /* the mount this one is mounted on */
 	uint64_t dev; /* as the line says: "MAJOR:MINOR" */
 	const char *mount_point; /* unescaped */
 	const char *type;        /* "fuse.sshfs", "nfs4", ... */

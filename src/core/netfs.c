@@ -1,6 +1,7 @@
 #include "netfs.h"
 
 #include <stddef.h>
+#include <string.h>
 
 static const struct {
 	long magic;
@@ -24,4 +25,18 @@ const char *netfs_name(long f_type)
 bool netfs_type(long f_type)
 {
 	return netfs_name(f_type) != NULL;
+}
+
+bool netfs_fstype(const char *type)
+{
+	static const char *const types[] = {
+		"nfs", "nfs4", "smb3", "smbfs", "cifs", "9p", "ceph", "afs", "coda",
+		"lustre", "gfs2", "ocfs2", "orangefs", "ncpfs", "ncp",
+	};
+	if (strncmp(type, "fuse", 4) == 0 && strcmp(type, "fusectl") != 0)
+		return true; /* fuse, fuse.sshfs, fuseblk ... */
+	for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+		if (strcmp(type, types[i]) == 0)
+			return true;
+	return false;
 }

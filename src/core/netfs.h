@@ -10,6 +10,9 @@
  * GFS2, OCFS2, OrangeFS, NCP. */
 bool netfs_type(long f_type);
 
+/* The same by the type mountinfo names ("fuse.sshfs", "nfs4", "cifs" ...). */
+bool netfs_fstype(const char *type);
+
 /* The name of such a type, for diagnostics ("nfs", "fuse" ...), or NULL. */
 const char *netfs_name(long f_type);
 

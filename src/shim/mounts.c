@@ -2,6 +2,7 @@
 
 #include "../core/log.h"
 #include "../core/mountinfo.h"
+#include "../core/netfs.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -14,9 +15,10 @@
 #define MAX_MOUNTS 2048
 
 struct mount_entry {
-	int id;
+	int id, parent;
 	bool managed;
 	bool sshfs;
+	bool share; /* a network or FUSE filesystem */
 	uint64_t dev; /* 0: the files report devices of their own (see any_device) */
 };
 
@@ -33,6 +35,7 @@ struct mount_table {
 };
 static struct mount_table tables[2];
 static unsigned current;
+static unsigned refreshes; /* see mounts_generation */
 
 static void forget_unlisted(void);
 
@@ -59,6 +62,11 @@ static bool kernel_fs(const char *type)
 static bool any_device(const char *type)
 {
 	return strcmp(type, "btrfs") == 0 || strcmp(type, "overlay") == 0 || strcmp(type, "bcachefs") == 0;
+}
+
+static bool resolved(const struct managed_dir *d)
+{
+	return __atomic_load_n(&d->state, __ATOMIC_ACQUIRE) == DIR_RESOLVED;
 }
 
 /* Is path at or below dir (a resolved managed directory)? */
@@ -90,11 +98,15 @@ static void add_mount(const struct mountinfo_line *m, void *arg)
 		return;
 	struct mount_entry *e = &p->t->e[p->t->n];
 	e->id = m->id;
+	e->parent = m->parent;
 	e->dev = any_device(m->type) ? 0 : m->dev;
 	e->managed = false;
 	e->sshfs = strcmp(m->type, "fuse.sshfs") == 0;
+	e->share = netfs_fstype(m->type);
 	for (unsigned i = 0; i < p->c->ndirs && !kernel_fs(m->type); i++) {
 		const struct managed_dir *d = &p->c->dirs[i];
+		if (!resolved(d))
+			continue; /* one a call on that share resolves (and then refreshes) */
 		size_t len = strlen(m->mount_point);
 		if (at_or_below(m->mount_point, d))
 			e->managed = true;
@@ -153,6 +165,7 @@ void mounts_refresh(const struct config *c)
 	fill_table(c, t);
 	__atomic_add_fetch(&t->gen, 1, __ATOMIC_RELEASE);
 	__atomic_store_n(&current, spare, __ATOMIC_RELEASE);
+	__atomic_add_fetch(&refreshes, 1, __ATOMIC_RELEASE);
 	forget_unlisted();
 	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&refresh_lock);
@@ -319,4 +332,84 @@ bool mounts_recheck(const struct config *c, int mnt_id, uint64_t dev)
 	if (!managed)
 		remember_unlisted(key);
 	return managed;
+}
+
+unsigned mounts_generation(void)
+{
+	return __atomic_load_n(&refreshes, __ATOMIC_ACQUIRE);
+}
+
+static const struct mount_entry *entry_by_id(const struct mount_table *t, int mnt_id)
+{
+	for (unsigned i = 0; i < t->n; i++)
+		if (t->e[i].id == mnt_id)
+			return &t->e[i];
+	return NULL;
+}
+
+/* Up the mount tree from the file's mount: is one of them the share? */
+static bool leads_through(const struct mount_table *t, int mnt_id, uint64_t dev, uint64_t share_dev)
+{
+	const struct mount_entry *e = entry_by_id(t, mnt_id);
+	if (e == NULL || (e->dev != 0 && e->dev != dev))
+		return false; /* not this mount: one of the same numbers that is gone */
+	for (unsigned hops = 0; e != NULL && hops < MAX_MOUNTS; hops++) {
+		if (e->share && e->dev == share_dev)
+			return true;
+		e = e->parent == e->id ? NULL : entry_by_id(t, e->parent);
+	}
+	return false;
+}
+
+bool mounts_leads_through(int mnt_id, uint64_t dev, uint64_t share_dev)
+{
+	if (mnt_id == MOUNT_ID_UNKNOWN)
+		return false;
+	for (;;) {
+		const struct mount_table *t = &tables[__atomic_load_n(&current, __ATOMIC_ACQUIRE)];
+		unsigned gen = __atomic_load_n(&t->gen, __ATOMIC_ACQUIRE);
+		if (gen % 2 != 0)
+			continue;
+		bool found = leads_through(t, mnt_id, dev, share_dev);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&t->gen, __ATOMIC_RELAXED) == gen)
+			return found;
+	}
+}
+
+/* The mount a path is on: the last of those with the longest mount point at
+ * or above it. */
+struct serving {
+	const char *path;
+	size_t best;
+	bool found, share;
+	uint64_t dev;
+};
+
+static void find_serving(const struct mountinfo_line *m, void *arg)
+{
+	struct serving *s = arg;
+	size_t n = strlen(m->mount_point);
+	bool above = n == 1 || (strncmp(s->path, m->mount_point, n) == 0 && (s->path[n] == '\0' || s->path[n] == '/'));
+	if (above && (!s->found || n >= s->best))
+		*s = (struct serving){ s->path, n, true, netfs_fstype(m->type), m->dev };
+}
+
+enum reach mounts_reach(const char *path, uint64_t dev, int mnt_id, uint64_t *share_dev)
+{
+	pid_t me = gettid();
+	if (__atomic_load_n(&refresher, __ATOMIC_ACQUIRE) == me)
+		return REACH_BUSY; /* a signal handler's lock call during our own reading */
+	int saved = errno;
+	struct serving s = { .path = path };
+	pthread_mutex_lock(&refresh_lock);
+	__atomic_store_n(&refresher, me, __ATOMIC_RELEASE);
+	bool read = mountinfo_each(find_serving, &s);
+	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&refresh_lock);
+	errno = saved;
+	if (!read || !s.found || !s.share || s.dev == dev || mounts_leads_through(mnt_id, dev, s.dev))
+		return REACH_FREE; /* without a mount table we can't tell: look, as always */
+	*share_dev = s.dev;
+	return REACH_OTHER_SHARE;
 }

@@ -1,5 +1,6 @@
 #include "shim.h"
 
+#include "dirs.h"
 #include "mounts.h"
 
 #include "../core/log.h"
@@ -76,8 +77,7 @@ void shim_init(void)
 }
 
 /* Report bad configuration as soon as the program starts, not at its
- * first lock (all but a managed directory that doesn't exist: see
- * resolve_dirs_once). */
+ * first lock (all but a managed directory that doesn't exist: see dirs.h). */
 __attribute__((constructor)) static void shim_constructor(void)
 {
 	shim_init();
@@ -109,19 +109,12 @@ const char *shim_keeper_program(void)
 	return keeper_program;
 }
 
-static void resolve_dirs_body(void)
-{
-	config_resolve_dirs(&shim_config);
-	if (!shim_config.paths_invalid)
-		mounts_refresh(&shim_config);
-}
-
 /* Below a managed directory by name (a mount below it is managed whole). */
 static bool below_managed_dir(const char *path)
 {
 	for (unsigned i = 0; i < shim_config.ndirs; i++) {
 		const struct managed_dir *d = &shim_config.dirs[i];
-		if (strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
+		if (dirs_resolved(d) && strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
 			return true;
 	}
 	return false;
@@ -154,7 +147,7 @@ static const struct managed_dir *dir_containing(const char *path, dev_t dev)
 {
 	for (unsigned i = 0; i < shim_config.ndirs; i++) {
 		const struct managed_dir *d = &shim_config.dirs[i];
-		if (d->dev == dev && strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
+		if (dirs_resolved(d) && d->dev == dev && strncmp(path, d->path, d->len) == 0 && path[d->len] == '/')
 			return d;
 	}
 	return NULL;
@@ -169,7 +162,7 @@ static bool on_network_fs(int fd)
 static bool on_managed_device(dev_t dev)
 {
 	for (unsigned i = 0; i < shim_config.ndirs; i++)
-		if (shim_config.dirs[i].dev == dev)
+		if (dirs_resolved(&shim_config.dirs[i]) && shim_config.dirs[i].dev == dev)
 			return true;
 	return false;
 }
@@ -226,21 +219,28 @@ static void refuse_linked(const char *path, const struct stat *st)
 		  path, (uintmax_t)st->st_nlink);
 }
 
-/* Resolving the managed directories costs round trips to the share: do it
- * once, at the first lock call that needs it, not at every program's start. */
-static void resolve_dirs_once(void)
+/* A bad managed directory makes every lock call fail: we can't tell what
+ * is managed.  Reported when found. */
+static bool paths_invalid(void)
 {
-	static pthread_once_t resolved = PTHREAD_ONCE_INIT;
+	return __atomic_load_n(&shim_config.paths_invalid, __ATOMIC_ACQUIRE);
+}
+
+/* Resolving the managed directories costs round trips to their shares: it
+ * is done at the lock calls that could concern them (see dirs.h), not at
+ * every program's start. */
+static bool dirs_settled_for(const struct stat *st, int mnt_id, bool pipe)
+{
 	int saved = errno;
-	pthread_once(&resolved, resolve_dirs_body);
+	bool ok = dirs_settle(&shim_config, st->st_dev, pipe ? MOUNT_ID_UNKNOWN : mnt_id);
 	errno = saved;
+	return ok && !paths_invalid();
 }
 
 enum managed managed_lookup(int fd, struct managed_file *mf)
 {
-	resolve_dirs_once();
-	if (shim_config.paths_invalid)
-		return REFUSED; /* reported: we can't tell what is managed */
+	if (paths_invalid())
+		return REFUSED;
 	struct stat st;
 	int mnt_id;
 	if (stat_fd(fd, &st, &mnt_id) != 0) {
@@ -252,10 +252,12 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 			log_error("cannot tell whether descriptor %d is managed: fstat: %s", fd, strerror(errno));
 		return REFUSED;
 	}
-	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
 	/* Pipes and sockets live on kernel-internal mounts that mountinfo never
 	 * lists: asking would re-read the table at every lock call on them. */
 	bool pipe = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode);
+	if (!dirs_settled_for(&st, mnt_id, pipe))
+		return REFUSED;
+	bool auto_managed = shim_config.auto_netfs && on_network_fs(fd);
 	bool managed_mount = !pipe && mounts_managed(&shim_config, mnt_id, st.st_dev);
 	bool by_device = auto_managed || managed_mount || on_managed_device(st.st_dev);
 	/* A share mounted where an unmanaged filesystem was may have its numbers:

@@ -41,7 +41,8 @@ enum managed {
 
 /* Decides for a lock call on fd.  Costs a statx of the client's inode, and a
  * readlink only for a descriptor on the same device as a managed directory:
- * no round trip to the share. */
+ * no round trip to the share (but while a managed directory the call could
+ * concern isn't resolved, looking at it: see dirs.h). */
 enum managed managed_lookup(int fd, struct managed_file *mf);
 
 /* After the keeper says mf's sidecar is fresh: is the locked name still the
