@@ -38,7 +38,7 @@
 
 
 
-struct entry *entries;
+_Thread_local struct entry *entries;
 
 /* ---- entries ---------------------------------------------------------- */
 
@@ -111,9 +111,9 @@ struct entry *find_entry(const char *sidecar)
  * retry interval plus the verification delay. */
 int64_t next_attempt(const struct entry *e, int64_t now)
 {
-	static uint64_t seed;
+	static _Thread_local uint64_t seed; /* per share thread: no lock, no common sequence */
 	if (seed == 0)
-		seed = (uint64_t)now ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+		seed = (uint64_t)now ^ ((uint64_t)gettid() << 32) ^ 0x9e3779b97f4a7c15ULL;
 	seed ^= seed << 13;
 	seed ^= seed >> 7;
 	seed ^= seed << 17;

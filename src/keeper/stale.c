@@ -70,8 +70,8 @@ static bool holds_token(const char *head, size_t len)
  * process of the machine: one that found it alive holds for a second. */
 static bool pid_namespace_gone(unsigned long long ns)
 {
-	static unsigned long long alive_ns;
-	static int64_t alive_at;
+	static _Thread_local unsigned long long alive_ns; /* per share thread */
+	static _Thread_local int64_t alive_at;
 	int64_t now = mono_ns();
 	if (ns == alive_ns && now - alive_at < NS_PER_SEC)
 		return false;
