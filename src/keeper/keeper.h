@@ -155,7 +155,7 @@ extern struct sidecar_holder me;         /* main.c: who we are, in every sidecar
 extern bool pids_comparable;             /* main.c */
 extern bool may_linger;                  /* main.c */
 extern bool proc_lists_every_lock;       /* main.c */
-/* Shared, atomic: */
+/* Shared, atomic (and shares.c's list of our tokens, under a mutex): */
 extern _Atomic size_t open_conns;        /* conn.c: connections of every thread, for max_conns */
 
 /* entry.c: an entry's life */
@@ -247,6 +247,9 @@ void share_busy(int64_t now);
 void share_waiting(int64_t now);
 bool share_stopping(void);
 bool stop_shares(int64_t patience_ns);
+bool own_token(const char *token);
+void disown_token(const char *token);
+bool owns_token(const char *line, size_t len);
 
 /* main.c: start-up and shutdown */
 void keep_listening(int64_t now);

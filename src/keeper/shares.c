@@ -12,8 +12,9 @@
  * other things the threads share are the counters below, atomic.
  *
  * Also here: the check a shim asks for after an unlock or close (it names
- * no file, so every share thread runs it), and what the main thread needs
- * to exit -- whether every thread has been idle -- and shutdown. */
+ * no file, so every share thread runs it), what the main thread needs to
+ * exit -- whether every thread has been idle -- and shutdown; and the
+ * tokens of every thread's sidecars (see own_token). */
 #include "keeper.h"
 
 #include "../core/log.h"
@@ -24,6 +25,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -310,4 +312,56 @@ void share_waiting(int64_t now)
 	this_share->busy_since = -1;
 	if (became_idle)
 		wake(main_wake);
+}
+
+/* ---- the tokens of this keeper's sidecars ------------------------------ */
+
+/* Two mounts of one share are two devices, so two threads, and two views of
+ * one sidecar: a sidecar that names this keeper is a copy (stale.c) only if
+ * no thread of ours made it.  So every token an entry (or a breaker's
+ * guard) of ours may have written is listed here, from before the create
+ * until the entry takes another or is freed. */
+static pthread_mutex_t tokens_lock = PTHREAD_MUTEX_INITIALIZER;
+static char (*tokens)[SIDECAR_TOKEN_MAX];
+static size_t ntokens, tokens_cap;
+
+/* False when out of memory: then nothing of ours may be created with it. */
+bool own_token(const char *token)
+{
+	pthread_mutex_lock(&tokens_lock);
+	bool room = ntokens < tokens_cap;
+	if (!room) {
+		size_t cap = tokens_cap ? 2 * tokens_cap : 16;
+		void *grown = realloc(tokens, cap * sizeof *tokens);
+		if ((room = grown != NULL)) {
+			tokens = grown;
+			tokens_cap = cap;
+		}
+	}
+	if (room)
+		snprintf(tokens[ntokens++], sizeof *tokens, "%s", token);
+	pthread_mutex_unlock(&tokens_lock);
+	return room;
+}
+
+void disown_token(const char *token)
+{
+	pthread_mutex_lock(&tokens_lock);
+	for (size_t i = 0; i < ntokens; i++)
+		if (strcmp(tokens[i], token) == 0) {
+			memcpy(tokens[i], tokens[--ntokens], sizeof *tokens);
+			break;
+		}
+	pthread_mutex_unlock(&tokens_lock);
+}
+
+/* Is the first line of a sidecar (len bytes) one of our tokens? */
+bool owns_token(const char *line, size_t len)
+{
+	bool found = false;
+	pthread_mutex_lock(&tokens_lock);
+	for (size_t i = 0; i < ntokens && !found; i++)
+		found = strlen(tokens[i]) == len && memcmp(tokens[i], line, len) == 0;
+	pthread_mutex_unlock(&tokens_lock);
+	return found;
 }

@@ -56,14 +56,11 @@ static int64_t observe(struct observation **slot, const char *content, size_t le
 	return now - o->since;
 }
 
+/* Did a thread of ours write it (or may it have: see own_token)? */
 static bool holds_token(const char *head, size_t len)
 {
 	size_t first_line = strcspn(head, "\n");
-	for (const struct entry *e = entries; e != NULL; e = e->next)
-		if ((holds_sidecar(e) || e->state == VERIFYING) && first_line < len && strlen(e->hold.token) == first_line &&
-		    memcmp(head, e->hold.token, first_line) == 0)
-			return true;
-	return false;
+	return first_line < len && owns_token(head, first_line);
 }
 
 /* Has pid namespace ns no process left?  Each answer is a scan of every
@@ -156,7 +153,10 @@ bool break_if_stale(struct entry *e, int64_t now)
 		return false;
 	struct sidecar_hold guard;
 	sidecar_new_token(&guard, e->prefix);
+	if (!own_token(guard.token))
+		return false;
 	int err = sidecar_break(e->hold.path, head, (size_t)n, &guard, &e->holder, e->verify_ns);
+	disown_token(guard.token);
 	if (err == 0) {
 		log_warn("broke stale sidecar %s: %s", e->hold.path, why);
 		if (e->seen != NULL)
