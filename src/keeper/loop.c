@@ -52,15 +52,15 @@ void on_stop_signal(int sig)
 
 #define IDLE_EXIT_NS (30 * NS_PER_SEC)
 
-/* ---- a share thread's loop ------------------------------------------ */
-
 int64_t next_listen_check;
 
+/* The earlier of two times, where -1 is "never". */
 static int64_t earliest(int64_t at, int64_t t)
 {
 	return t < 0 ? at : at < 0 ? t : MIN(at, t);
 }
 
+/* poll's timeout until `at` (-1: none), rounded up, a minute at most. */
 static int poll_timeout_ms(int64_t at, int64_t now)
 {
 	if (at < 0)
@@ -68,6 +68,8 @@ static int poll_timeout_ms(int64_t at, int64_t now)
 	int64_t wait_ns = MAX(at - now, 0);
 	return (int)MIN((wait_ns + NS_PER_MS - 1) / NS_PER_MS, 60000);
 }
+
+/* ---- a share thread's loop ------------------------------------------- */
 
 static int64_t next_share_wakeup(void)
 {
@@ -146,12 +148,12 @@ static int64_t quiet_since(int64_t main_idle_since)
 	return MAX(main_idle_since, shares_since);
 }
 
-static int64_t next_wakeup(int64_t checks_at, int64_t quiet)
+static int64_t next_wakeup(int64_t now, int64_t checks_at, int64_t quiet)
 {
 	int64_t at = earliest(checks_at, next_listen_check);
 	for (struct conn *c = conns; c != NULL; c = c->next)
 		at = earliest(at, c->accepted_at + IDLE_CONN_NS);
-	if (accept_paused_until > mono_ns())
+	if (accept_paused_until > now)
 		at = earliest(at, accept_paused_until);
 	if (quiet >= 0)
 		at = earliest(at, quiet + IDLE_EXIT_NS);
@@ -207,7 +209,7 @@ void serve(void)
 			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
 			by_index[i] = c;
 		}
-		int timeout_ms = poll_timeout_ms(next_wakeup(checks_at, quiet), now);
+		int timeout_ms = poll_timeout_ms(next_wakeup(now, checks_at, quiet), now);
 		struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * NS_PER_MS };
 		sigset_t unblocked;
 		sigemptyset(&unblocked);
