@@ -2,7 +2,7 @@
 # The keeper in its environment: a runtime directory removed under it, one
 # squatted by another user, a low descriptor limit and idle connections, the
 # working directory it was started in, a runtime directory shared with a
-# container (another pid namespace).
+# container (another pid namespace), a share that stops answering.
 . "$(dirname "$0")/locking.sh"
 
 setUp() { rig_setup; TEST_UID=; }
