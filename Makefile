@@ -49,7 +49,7 @@ $(1)/libuuidlock_shim.so: $(patsubst src/%.c,$(1)/obj/%.o,$(SHIM_CORE_SRC) $(SHI
 	@sh tests/check-symbols.sh $$@ "$(INTERPOSED)" $$(filter %.o,$$^)
 
 $(1)/uuidlock-keeper: $(patsubst src/%.c,$(1)/obj/%.o,$(CORE_SRC) $(KEEPER_SRC))
-	$(CC) $(CFLAGS) $(2) -o $$@ $$^ -luuid
+	$(CC) $(CFLAGS) $(2) -pthread -o $$@ $$^ -luuid
 endef
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all

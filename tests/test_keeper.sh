@@ -2,7 +2,7 @@
 # The keeper in its environment: a runtime directory removed under it, one
 # squatted by another user, a low descriptor limit and idle connections, the
 # working directory it was started in, a runtime directory shared with a
-# container (another pid namespace).
+# container (another pid namespace), a share that stops answering.
 . "$(dirname "$0")/locking.sh"
 
 setUp() { rig_setup; TEST_UID=; }
@@ -185,6 +185,73 @@ test_runtime_dir_shared_with_a_container_gets_two_keepers() {
   touch "$RIG/ct_go"; wait "$ct"
   assertEquals "$(cat "$RIG/ct.out")" 0 "$(grep -c ' err E' "$RIG/ct.out")"
   wait_no_sidecars
+}
+
+# keeper_blocked_on_fuse PID: until a thread of PID waits for a FUSE daemon's
+# answer (10 s at most).
+keeper_blocked_on_fuse() {
+  local i
+  for i in $(seq 1000); do
+    grep -qE 'fuse|request_wait_answer' /proc/"$1"/task/*/wchan 2>/dev/null && return 0
+    sleep 0.01
+  done
+  return 1
+}
+
+# bg_lockdrv NAME [VAR=VALUE...] -- STEP...: lockdrv under the shim in the
+# background, output in $RIG/NAME.out and .err; killed after 30 s whatever
+# it waits for (a process in a FUSE request ignores anything but SIGKILL).
+bg_lockdrv() {
+  local name=$1; shift
+  local env=()
+  while [ "$1" != -- ]; do env+=("$1"); shift; done
+  shift
+  (env "${env[@]}" LD_PRELOAD="$SHIM_PRELOAD" timeout -s KILL 30 "$LOCKDRV" "$@" \
+     >"$RIG/$name.out" 2>"$RIG/$name.err") &
+}
+
+test_a_stopped_share_stalls_only_its_own_locks() {
+  rig_second_share || fail "no second share"
+  # A short lease: the keeper heartbeats the sidecar on $S2 every 1/3 s.
+  export UUIDLOCK_PATHS="$C1:$C2:$S2" UUIDLOCK_LEASE=1
+  : >"$RIG/local"
+  # Every process locks on a managed share before the stop: one started
+  # after it would hang resolving $S2 (the shim's start-up, not the keeper).
+  bg_lockdrv a -- open:5:"$S2/g" ex:5 open:6:"$C1/f" open:7:"$RIG/local" \
+    touch:"$RIG/a_ready" wait:"$RIG/go" ex:6 ex:7 un:7 un:6 touch:"$RIG/a_done" wait:"$RIG/end"
+  local a=$!
+  bg_lockdrv b UUIDLOCK_TIMEOUT=2 -- open:5:"$C1/b" ex:5 un:5 open:6:"$S2/h" \
+    touch:"$RIG/b_ready" wait:"$RIG/go" ex:5 un:5 ex:6 touch:"$RIG/b_done"
+  local b=$!
+  bg_lockdrv c -- open:5:"$C1/c" ex:5 un:5 open:6:"$S2/i" \
+    touch:"$RIG/c_ready" wait:"$RIG/go" alarm:1 ex:6 touch:"$RIG/c_done"
+  local c=$!
+  wait_for_file "$RIG/a_ready" && wait_for_file "$RIG/b_ready" && wait_for_file "$RIG/c_ready" ||
+    fail "the lockdrvs never got ready: $(cat "$RIG"/[abc].err)"
+  local k; k=$(keeper_pid)
+
+  kill -STOP "$S2_PID"
+  keeper_blocked_on_fuse "$k" || fail "no keeper thread waits on the stopped share"
+  local t0=$EPOCHREALTIME
+  touch "$RIG/go"
+  wait_for_file "$RIG/a_done" 20
+  assertEquals "locks on the other share and a local file, from the holder" \
+    "ex:6 ok ex:7 ok un:7 ok un:6 ok" "$(grep -E '^(ex|un):[67] ' "$RIG/a.out" | tr '\n' ' ' | sed 's/ $//')"
+  local took; took=$(elapsed_since "$t0")
+  assertTrue "the holder took ${took}s" "between $took 0 10"
+  wait_for_file "$RIG/b_done" 20
+  assertEquals "another process: the other share, then the stopped one with a timeout" \
+    "ex:5 ok un:5 ok ex:6 err ENOLCK" "$(sed -n '/^wait:/,$p' "$RIG/b.out" | grep -E '^(ex|un):' | tr '\n' ' ' | sed 's/ $//')"
+  assertContains "it says why" "$(cat "$RIG/b.err")" "uuidlock:"
+  assertContains "$(cat "$RIG/b.err")" "did not answer"
+  took=$(elapsed_since "$t0")
+  assertTrue "its calls took ${took}s" "between $took 0 15"
+  wait_for_file "$RIG/c_done" 20
+  assertContains "a wait on the stopped share, interrupted" "$(cat "$RIG/c.out")" "ex:6 err EINTR"
+
+  kill -CONT "$S2_PID"
+  touch "$RIG/end"
+  wait "$a" "$b" "$c"
 }
 
 . shunit2

@@ -21,10 +21,13 @@ names = re.findall(r"^\s*KEEPER_([A-Z_]+)", statuses, re.M)  # from 1 on, in ord
 
 rundir, sidecar, sent = sys.argv[1:4]
 ms = 1000000
+# The keeper serves each share (device) in a thread of its own: the request
+# names the file's, as the shim's do (the sidecar's directory is on it).
+dev = os.stat(os.path.dirname(sidecar)).st_dev
 # version op nonblocking pid dev ino verify retry timeout lease foreign linger
 # suffix_len prefix sidecar
 request = struct.pack("=IIIiQQqqqqqqQ%ds%ds" % (prefix_max, os.pathconf("/", "PC_PATH_MAX")),
-                      version, 4, 0, os.getpid(), 0, 0, 10 * ms, 10 * ms, -1, 30000 * ms, -1, 0,
+                      version, 4, 0, os.getpid(), dev, 0, 10 * ms, 10 * ms, -1, 30000 * ms, -1, 0,
                       0, b"", sidecar.encode())
 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 s.connect(os.path.join(rundir, "keeper.sock"))

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -176,6 +177,13 @@ static void ask_keeper(const char *file, struct look *l)
 	if (realpath(file, real) == NULL ||
 	    (size_t)snprintf(req.sidecar, sizeof req.sidecar, "%s%s", real, l->sidecar + strlen(file)) >= sizeof req.sidecar)
 		return;
+	/* The keeper answers for each share in its own thread: the file's
+	 * device says which (as the shim's requests say it). */
+	struct stat st;
+	if (stat(real, &st) == 0) {
+		req.dev = st.st_dev;
+		req.ino = st.st_ino;
+	}
 	struct keeper_reply rep = { 0 };
 	if (keeper_call(&config, "", &req, &rep) == 0 && rep.status == KEEPER_HELD)
 		snprintf(l->keeper_says, sizeof l->keeper_says, "%s", rep.message);

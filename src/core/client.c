@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -164,6 +165,66 @@ static int connect_keeper(const struct config *c, const char *dir, const char *p
 	}
 }
 
+/* How long past its timeout a request waits for the keeper's answer, and how
+ * long a non-blocking one with no timeout waits at all: the keeper answers
+ * at the timeout itself (KEEPER_TIMEOUT), or at once, unless the thread of
+ * the request's share is stuck on it (a hung share, see shares.c). */
+#define ANSWER_GRACE_NS (2 * NS_PER_SEC)
+#define NONBLOCKING_PATIENCE_NS (10 * NS_PER_SEC)
+
+static int64_t answer_patience_ns(const struct keeper_request *req)
+{
+	if (req->timeout_ns >= 0)
+		return req->timeout_ns + ANSWER_GRACE_NS;
+	return req->nonblocking ? NONBLOCKING_PATIENCE_NS : -1;
+}
+
+/* After a signal handler interrupted a bounded wait: would the kernel have
+ * restarted the lock call?  Not if some caught signal has a handler without
+ * SA_RESTART (we can't tell which one came). */
+static bool handler_without_restart(void)
+{
+	for (int sig = 1; sig < NSIG; sig++) {
+		struct sigaction sa;
+		if (sigaction(sig, NULL, &sa) != 0)
+			continue;
+		bool caught = (sa.sa_flags & SA_SIGINFO) || (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN);
+		if (caught && !(sa.sa_flags & SA_RESTART))
+			return true;
+	}
+	return false;
+}
+
+/* Waits until the keeper's next packet is there: 0, ETIMEDOUT at `deadline`
+ * (-1: none), or EINTR as flock() would fail.
+ *
+ * Unbounded, this is the recv() itself, blocking: the kernel restarts it
+ * after a handler installed with SA_RESTART and fails it with EINTR after one
+ * without, exactly as flock().  A bounded wait can't have both: recv() with
+ * SO_RCVTIMEO is never restarted, and fails with EINTR even after a stop and
+ * SIGCONT with no handler at all (signal(7), "Interruption of system
+ * calls"); poll() is never restarted after a handler either, but resumes
+ * after a stop.  So poll(), and after its EINTR we restart unless some
+ * caught signal's handler lacks SA_RESTART: exact for a program whose
+ * handlers agree, and otherwise an EINTR it must expect from its lock calls
+ * anyway. */
+static int wait_for_answer(int fd, int64_t deadline)
+{
+	if (deadline < 0)
+		return 0;
+	for (;;) {
+		int64_t left = deadline - mono_ns();
+		if (left <= 0)
+			return ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int n = poll(&p, 1, (int)((left + NS_PER_MS - 1) / NS_PER_MS));
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno == EINTR && handler_without_restart())
+			return EINTR;
+	}
+}
+
 int keeper_call(const struct config *c, const char *keeper_program,
 		const struct keeper_request *req, struct keeper_reply *rep)
 {
@@ -180,21 +241,32 @@ int keeper_call(const struct config *c, const char *keeper_program,
 			sys_close(fd);
 			continue;
 		}
-		/* A handler installed with SA_RESTART restarts recv() in the kernel,
-		 * one without makes it fail with EINTR: exactly as flock() behaves. */
-		ssize_t n;
-		while ((n = recv(fd, rep, sizeof *rep, 0)) == (ssize_t)sizeof *rep && rep->status == KEEPER_WAITING) {
+		int64_t patience = answer_patience_ns(req);
+		int64_t deadline = patience < 0 ? -1 : mono_ns() + patience;
+		ssize_t n = -1;
+		int err;
+		while ((err = wait_for_answer(fd, deadline)) == 0) {
+			n = recv(fd, rep, sizeof *rep, 0);
+			if (n != (ssize_t)sizeof *rep || rep->status != KEEPER_WAITING) {
+				err = n < 0 ? errno : 0;
+				break;
+			}
 			rep->message[sizeof rep->message - 1] = '\0';
 			log_warn("%s", rep->message);
 		}
-		int err = errno;
-		sys_close(fd);
+		sys_close(fd); /* before an answer: withdraws the request */
+		if (err == ETIMEDOUT) {
+			snprintf(rep->message, sizeof rep->message,
+				 "the keeper did not answer in %.0f s (the file's share may be hung)",
+				 (double)patience / NS_PER_SEC);
+			return ENOLCK;
+		}
+		if (err == EINTR)
+			return EINTR;
 		if (n == (ssize_t)sizeof *rep) {
 			rep->message[sizeof rep->message - 1] = '\0';
 			return 0;
 		}
-		if (n < 0 && err == EINTR)
-			return EINTR;
 	}
 	snprintf(rep->message, sizeof rep->message, "the keeper in %s stopped answering", dir);
 	return EPIPE;

@@ -40,7 +40,10 @@ struct keeper_request {
 	uint32_t op;
 	uint32_t nonblocking;
 	int32_t pid;
-	uint64_t dev, ino; /* the locked file, as /proc/locks names it */
+	/* The locked file, as /proc/locks names it.  The keeper serves each
+	 * device (share) in a thread of its own: a request about a file must
+	 * name its device, or it is served apart from the file's sidecar. */
+	uint64_t dev, ino;
 	int64_t verify_delay_ns;
 	int64_t retry_interval_ns;
 	int64_t timeout_ns;

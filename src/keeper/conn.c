@@ -1,7 +1,9 @@
 /* Connections: one request and one reply each (src/core/keeper_proto.h);
- * accepting them, replying, and withdrawing those that hung up, went
- * silent or ran out of time.  Nothing here touches the share but the
- * one-line description of a holder in a "still waiting" message. */
+ * accepting them and dropping the silent ones (the main thread), replying
+ * and withdrawing those that hung up or ran out of time (a share thread,
+ * once the main thread has handed the connection over with its request).
+ * Nothing here touches the share but the one-line description of a holder
+ * in a "still waiting" message. */
 #include "keeper.h"
 
 #include "../core/coherence.h"
@@ -34,7 +36,8 @@
 
 #include <minmax.h>
 
-struct conn *conns;
+_Thread_local struct conn *conns;
+_Atomic size_t open_conns;
 int listen_fd = -1; /* -1: not listening (another keeper took our place) */
 size_t max_conns = 1; /* see raise_fd_limit */
 int64_t accept_paused_until;
@@ -45,15 +48,23 @@ int64_t accept_paused_until;
 
 /* ---- replies ---------------------------------------------------------- */
 
-void drop_conn(struct conn *c)
+/* Takes c out of this thread's list (it may be in none: handed over). */
+void unlink_conn(struct conn *c)
 {
 	for (struct conn **p = &conns; *p != NULL; p = &(*p)->next)
 		if (*p == c) {
 			*p = c->next;
 			break;
 		}
+	c->next = NULL;
+}
+
+void drop_conn(struct conn *c)
+{
+	unlink_conn(c);
 	sys_close(c->fd);
 	free(c);
+	open_conns--;
 }
 
 __attribute__((format(printf, 4, 5)))
@@ -149,6 +160,7 @@ void accept_connections(size_t room, int64_t now)
 		*c = (struct conn){ .fd = fd, .deadline = -1, .say_waiting_at = -1, .accepted_at = now,
 				    .next = conns };
 		conns = c;
+		open_conns++;
 	}
 }
 
@@ -157,7 +169,7 @@ bool sent_nothing_yet(const struct conn *c)
 	return c->entry == NULL;
 }
 
-/* A request may be waiting unread behind a long step of ours: not idle. */
+/* A request may be waiting unread behind a moment of ours: not idle. */
 static bool request_pending(const struct conn *c)
 {
 	char byte;

@@ -38,7 +38,7 @@
 
 
 
-struct entry *entries;
+_Thread_local struct entry *entries;
 
 /* ---- entries ---------------------------------------------------------- */
 
@@ -60,6 +60,8 @@ void free_entry(struct entry *e)
 	if (e->said_want)
 		sidecar_unwant(e->hold.path);
 	sidecar_forget(&e->hold);
+	if (e->hold.token[0] != '\0')
+		disown_token(e->hold.token);
 	forget_observations(e);
 	free(e->requesters);
 	free(e);
@@ -111,9 +113,9 @@ struct entry *find_entry(const char *sidecar)
  * retry interval plus the verification delay. */
 int64_t next_attempt(const struct entry *e, int64_t now)
 {
-	static uint64_t seed;
+	static _Thread_local uint64_t seed; /* per share thread: no lock, no common sequence */
 	if (seed == 0)
-		seed = (uint64_t)now ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+		seed = (uint64_t)now ^ ((uint64_t)gettid() << 32) ^ 0x9e3779b97f4a7c15ULL;
 	seed ^= seed << 13;
 	seed ^= seed >> 7;
 	seed ^= seed << 17;
@@ -257,6 +259,18 @@ static void start_verifying(struct entry *e, int64_t now)
 		step_verifying(e, now);
 }
 
+/* A fresh token for e's next create, listed as ours (see own_token). */
+static bool new_token(struct entry *e)
+{
+	if (e->hold.token[0] != '\0')
+		disown_token(e->hold.token);
+	sidecar_new_token(&e->hold, e->prefix);
+	if (own_token(e->hold.token))
+		return true;
+	e->hold.token[0] = '\0';
+	return false;
+}
+
 /* One attempt of the protocol of sidecar.c: create, breaking a stale
  * sidecar first if there is one. */
 void step_waiting(struct entry *e, int64_t now)
@@ -265,12 +279,9 @@ void step_waiting(struct entry *e, int64_t now)
 		return stop_waiting(e, now);
 	if (!sidecar_dir_on_share(e))
 		return give_up_unmounted(e);
-	sidecar_new_token(&e->hold, e->prefix);
-	int err = sidecar_create(&e->hold, &e->holder);
-	if (err == EEXIST && break_if_stale(e, now)) {
-		sidecar_new_token(&e->hold, e->prefix);
-		err = sidecar_create(&e->hold, &e->holder);
-	}
+	int err = new_token(e) ? sidecar_create(&e->hold, &e->holder) : ENOMEM;
+	if (err == EEXIST && break_if_stale(e, now))
+		err = new_token(e) ? sidecar_create(&e->hold, &e->holder) : ENOMEM;
 	if (err == EEXIST)
 		return back_off(e, now);
 	if (err != 0)

@@ -134,19 +134,29 @@ struct conn {
  * (no pid) or a /proc of another pid namespace. */
 enum holders { HOLDERS_NONE, HOLDERS_PENDING, HOLDERS_GRANTED, HOLDERS_UNKNOWN };
 
-/* The globals, each written by the file named. */
-extern struct entry *entries;            /* entry.c: every entry */
-extern struct conn *conns;               /* conn.c: every open connection */
+/* The globals, each written by the file named.
+ *
+ * Per share, thread-local: each share thread (shares.c) runs the loop of
+ * loop.c over its own entries and connections, so that a share that stops
+ * answering stalls only its own locks; nothing of one share's state is
+ * seen by another thread, so none of it needs a lock.  In the main thread
+ * `conns` holds the connections whose request is not read yet. */
+extern _Thread_local struct entry *entries; /* entry.c: every entry of this share */
+extern _Thread_local struct conn *conns;    /* conn.c: every open connection of this thread */
+extern _Thread_local int64_t next_check;    /* sweep.c: when check_held runs next */
+/* The main thread's (loop.c, main.c, conn.c's accept): */
 extern int listen_fd;                    /* main.c opens it, conn.c accepts on it */
-extern size_t max_conns;                 /* main.c, from the descriptor limit */
 extern int64_t accept_paused_until;      /* conn.c: out of descriptors, accept later */
+extern int64_t next_listen_check;        /* main.c: when keep_listening runs next */
+extern volatile sig_atomic_t stop_requested; /* loop.c: SIGTERM or SIGINT came */
+/* Shared: written once at start-up, before any share thread starts. */
+extern size_t max_conns;                 /* main.c, from the descriptor limit */
 extern struct sidecar_holder me;         /* main.c: who we are, in every sidecar */
 extern bool pids_comparable;             /* main.c */
 extern bool may_linger;                  /* main.c */
 extern bool proc_lists_every_lock;       /* main.c */
-extern int64_t next_check;               /* sweep.c: when check_held runs next */
-extern int64_t next_listen_check;        /* main.c: when keep_listening runs next */
-extern volatile sig_atomic_t stop_requested; /* loop.c: SIGTERM or SIGINT came */
+/* Shared, atomic (and shares.c's list of our tokens, under a mutex): */
+extern _Atomic size_t open_conns;        /* conn.c: connections of every thread, for max_conns */
 
 /* entry.c: an entry's life */
 void free_entry(struct entry *e);
@@ -170,6 +180,7 @@ struct entry *new_entry(const struct keeper_request *req, int64_t now);
 bool add_inode(struct entry *e, const struct keeper_request *req);
 
 /* conn.c: connections */
+void unlink_conn(struct conn *c);
 void drop_conn(struct conn *c);
 __attribute__((format(printf, 4, 5)))
 void reply(struct conn *c, enum keeper_status status, int error, const char *fmt, ...);
@@ -213,13 +224,35 @@ void linger_or_release(struct entry *e, int64_t now);
 void resume_idle_hold(struct entry *e, int64_t now);
 
 /* requests.c: requests */
-void handle_request(struct conn *c, int64_t now);
+bool read_request(struct conn *c, struct keeper_request *req);
+void handle_request(struct conn *c, const struct keeper_request *req, int64_t now);
 
-/* loop.c: the loop */
+/* loop.c: the loops */
 void on_stop_signal(int sig);
 void serve(void);
+void serve_share(void);
 
-/* main.c: start-up */
+/* shares.c: one thread per share */
+int shares_init(void);
+void hand_over(struct conn *c, const struct keeper_request *req);
+void check_every_share(struct conn *c);
+int64_t answer_checks(int64_t now);
+void drain_wakeups(int fd);
+int main_wake_fd(void);
+int64_t shares_quiet_since(void);
+void take_handovers(int64_t now);
+void run_asked_check(int64_t now);
+int share_wake_fd(void);
+void share_busy(int64_t now);
+void share_waiting(int64_t now);
+bool share_stopping(void);
+bool stop_shares(int64_t patience_ns);
+bool own_token(const char *token);
+void disown_token(const char *token);
+bool owns_token(const char *line, size_t len);
+
+/* main.c: start-up and shutdown */
 void keep_listening(int64_t now);
+void shut_down_share(void);
 
 #endif

@@ -1,7 +1,15 @@
-/* The event loop, as prepare / wait / handle: advance the entries whose
- * time has come (steps, heartbeats, the check), expire what timed out,
- * then wait in ppoll for a connection, a request or the next deadline.
- * SIGTERM is seen only inside the wait. */
+/* The event loops, each as prepare / wait / handle.
+ *
+ * The main thread's (serve): accept connections, read each one's request,
+ * hand it to the thread of its share (shares.c), answer the checks when
+ * every share thread has run them, drop silent connections, keep our
+ * socket, and exit when every thread has been idle a while or at SIGTERM,
+ * which is seen only inside its ppoll.  It never touches a share.
+ *
+ * A share thread's (serve_share): advance the entries whose time has come
+ * (steps, heartbeats, the check), expire what timed out, then wait in poll
+ * for a hand-over, a hang-up or the next deadline.  The steps block on the
+ * share: only this share's locks wait meanwhile. */
 #include "keeper.h"
 
 #include "../core/coherence.h"
@@ -44,34 +52,126 @@ void on_stop_signal(int sig)
 
 #define IDLE_EXIT_NS (30 * NS_PER_SEC)
 
-/* ---- the loop --------------------------------------------------------- */
-
 int64_t next_listen_check;
 
-static int64_t next_wakeup(int64_t now, int64_t idle_since)
+/* The earlier of two times, where -1 is "never". */
+static int64_t earliest(int64_t at, int64_t t)
+{
+	return t < 0 ? at : at < 0 ? t : MIN(at, t);
+}
+
+/* poll's timeout until `at` (-1: none), rounded up, a minute at most. */
+static int poll_timeout_ms(int64_t at, int64_t now)
+{
+	if (at < 0)
+		return -1;
+	int64_t wait_ns = MAX(at - now, 0);
+	return (int)MIN((wait_ns + NS_PER_MS - 1) / NS_PER_MS, 60000);
+}
+
+/* ---- a share thread's loop ------------------------------------------- */
+
+static int64_t next_share_wakeup(void)
 {
 	int64_t at = next_check;
 	for (struct entry *e = entries; e != NULL; e = e->next) {
-		if (holds_sidecar(e) && (at < 0 || e->next_beat < at))
-			at = e->next_beat;
-		if (has_steps(e) && (at < 0 || e->next_step < at))
-			at = e->next_step;
+		if (holds_sidecar(e))
+			at = earliest(at, e->next_beat);
+		if (has_steps(e))
+			at = earliest(at, e->next_step);
 	}
 	for (struct conn *c = conns; c != NULL; c = c->next) {
-		if (c->deadline >= 0 && (at < 0 || c->deadline < at))
-			at = c->deadline;
-		if (c->entry != NULL && c->say_waiting_at >= 0 && (at < 0 || c->say_waiting_at < at))
-			at = c->say_waiting_at;
+		at = earliest(at, c->deadline);
+		if (c->entry != NULL)
+			at = earliest(at, c->say_waiting_at);
 	}
+	return at;
+}
+
+static void advance_entries(int64_t now)
+{
+	for (struct entry *e = entries, *next; e != NULL; e = next) {
+		next = e->next;
+		if (holds_sidecar(e) && e->next_beat <= now)
+			heartbeat(e, now); /* may free e */
+		else if (has_steps(e) && e->next_step <= now)
+			step(e, now);
+	}
+	if (next_check >= 0 && next_check <= now)
+		check_held(now);
+}
+
+/* Every connection here has its request handled: it waits for an answer,
+ * and a hang-up withdraws it.  Signals stay blocked: the main thread's. */
+void serve_share(void)
+{
+	while (!share_stopping()) {
+		int64_t now = mono_ns();
+		share_busy(now);
+		take_handovers(now);
+		run_asked_check(now);
+		advance_entries(now);
+		expire_deadlines(now);
+
+		size_t n = 1;
+		for (struct conn *c = conns; c != NULL; c = c->next)
+			n++;
+		struct pollfd pfd[n];
+		struct conn *by_index[n];
+		pfd[0] = (struct pollfd){ .fd = share_wake_fd(), .events = POLLIN };
+		size_t i = 1;
+		for (struct conn *c = conns; c != NULL; c = c->next, i++) {
+			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
+			by_index[i] = c;
+		}
+		int timeout_ms = poll_timeout_ms(next_share_wakeup(), now);
+		share_waiting(now);
+		if (poll(pfd, n, timeout_ms) <= 0)
+			continue;
+		if (pfd[0].revents & POLLIN)
+			drain_wakeups(pfd[0].fd);
+		for (i = 1; i < n; i++)
+			if (pfd[i].revents != 0)
+				handle_hangup(by_index[i]);
+	}
+	shut_down_share();
+}
+
+/* ---- the main thread's loop ------------------------------------------- */
+
+/* Since when the keeper has had nothing to do (-1: it has). */
+static int64_t quiet_since(int64_t main_idle_since)
+{
+	int64_t shares_since = shares_quiet_since();
+	if (main_idle_since < 0 || shares_since < 0)
+		return -1;
+	return MAX(main_idle_since, shares_since);
+}
+
+static int64_t next_wakeup(int64_t now, int64_t checks_at, int64_t quiet)
+{
+	int64_t at = earliest(checks_at, next_listen_check);
 	for (struct conn *c = conns; c != NULL; c = c->next)
-		if (sent_nothing_yet(c))
-			at = at < 0 ? c->accepted_at + IDLE_CONN_NS : MIN(at, c->accepted_at + IDLE_CONN_NS);
+		at = earliest(at, c->accepted_at + IDLE_CONN_NS);
 	if (accept_paused_until > now)
-		at = at < 0 ? accept_paused_until : MIN(at, accept_paused_until);
-	at = at < 0 ? next_listen_check : MIN(at, next_listen_check);
-	if (idle_since >= 0 && (at < 0 || idle_since + IDLE_EXIT_NS < at))
-		at = idle_since + IDLE_EXIT_NS;
-	return at < 0 ? -1 : MAX(at - now, 0);
+		at = earliest(at, accept_paused_until);
+	if (quiet >= 0)
+		at = earliest(at, quiet + IDLE_EXIT_NS);
+	return at;
+}
+
+/* c's request, once it is there, goes to its share's thread; a check to
+ * all of them. */
+static void route_request(struct conn *c)
+{
+	struct keeper_request req;
+	if (!read_request(c, &req))
+		return;
+	unlink_conn(c);
+	if (req.op == KEEPER_CHECK)
+		check_every_share(c);
+	else
+		hand_over(c, &req);
 }
 
 void serve(void)
@@ -79,44 +179,37 @@ void serve(void)
 	int64_t idle_since = mono_ns();
 	while (!stop_requested) {
 		int64_t now = mono_ns();
-		for (struct entry *e = entries, *next; e != NULL; e = next) {
-			next = e->next;
-			if (holds_sidecar(e) && e->next_beat <= now)
-				heartbeat(e, now); /* may free e */
-			else if (has_steps(e) && e->next_step <= now)
-				step(e, now);
-		}
-		if (next_check >= 0 && next_check <= now)
-			check_held(now);
-		expire_deadlines(now);
+		int64_t checks_at = answer_checks(now);
 		drop_idle_conns(now);
 		keep_listening(now);
 
-		if (listen_fd < 0 && entries == NULL && conns == NULL)
-			return; /* another keeper serves now, and we hold nothing */
-		if (entries != NULL || conns != NULL)
+		if (conns != NULL)
 			idle_since = -1;
 		else if (idle_since < 0)
 			idle_since = now;
-		else if (now - idle_since >= IDLE_EXIT_NS)
+		int64_t quiet = quiet_since(idle_since);
+		if (listen_fd < 0 && quiet >= 0)
+			return; /* another keeper serves now, and we hold nothing */
+		if (quiet >= 0 && now - quiet >= IDLE_EXIT_NS)
 			return;
 
-		size_t n = 1;
+		size_t n = 2;
 		for (struct conn *c = conns; c != NULL; c = c->next)
 			n++;
 		struct pollfd pfd[n];
 		struct conn *by_index[n];
 		/* A negative fd is left out of the poll: not listening, out of
 		 * descriptors, or as many connections as we may have. */
-		bool may_accept = listen_fd >= 0 && now >= accept_paused_until && n - 1 < max_conns;
+		size_t open = open_conns;
+		bool may_accept = listen_fd >= 0 && now >= accept_paused_until && open < max_conns;
 		pfd[0] = (struct pollfd){ .fd = may_accept ? listen_fd : -1, .events = POLLIN };
-		size_t i = 1;
+		pfd[1] = (struct pollfd){ .fd = main_wake_fd(), .events = POLLIN };
+		size_t i = 2;
 		for (struct conn *c = conns; c != NULL; c = c->next, i++) {
 			pfd[i] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
 			by_index[i] = c;
 		}
-		int64_t wait_ns = next_wakeup(now, idle_since);
-		int timeout_ms = wait_ns < 0 ? -1 : (int)MIN((wait_ns + NS_PER_MS - 1) / NS_PER_MS, 60000);
+		int timeout_ms = poll_timeout_ms(next_wakeup(now, checks_at, quiet), now);
 		struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * NS_PER_MS };
 		sigset_t unblocked;
 		sigemptyset(&unblocked);
@@ -125,16 +218,12 @@ void serve(void)
 		if (ppoll(pfd, n, timeout_ms < 0 ? NULL : &ts, &unblocked) <= 0)
 			continue;
 		now = mono_ns();
-		for (i = 1; i < n; i++) {
-			if (pfd[i].revents == 0)
-				continue;
-			struct conn *c = by_index[i];
-			if (c->entry == NULL)
-				handle_request(c, now);
-			else
-				handle_hangup(c);
-		}
+		if (pfd[1].revents & POLLIN)
+			drain_wakeups(pfd[1].fd);
+		for (i = 2; i < n; i++)
+			if (pfd[i].revents != 0)
+				route_request(by_index[i]);
 		if (pfd[0].revents & POLLIN)
-			accept_connections(max_conns - (n - 1), now);
+			accept_connections(max_conns - MIN(open_conns, max_conns), now);
 	}
 }

@@ -16,11 +16,15 @@
  *   - turns: hosts take turns when more than one wants F (turns.c).
  * One keeper per runtime directory (per user) and pid namespace, started on
  * demand by the shim, exits after a while with nothing to hold.
- * Single-threaded and poll()-driven (loop.c): waiting is done with timers,
- * never with sleep.  The steps that block are share operations (a create, a
- * read, an unlink: one to four round trips each) and reads of /proc; every
- * other step is short.  This file: start-up, the runtime directory's files,
- * and shutdown. */
+ * One thread per share, and a main thread that touches no share (loop.c,
+ * shares.c): the main thread accepts connections, reads their requests and
+ * hands each to the thread of its share (the locked file's device); a share
+ * thread runs the protocol for that share's sidecars.  The steps that block
+ * are share operations (a create, a read, an unlink: one to four round
+ * trips each) and reads of /proc, so a share that stops answering stalls
+ * only the locks on it.  Each thread is poll()-driven: waiting is done with
+ * timers, never with sleep.  This file: start-up, the runtime directory's
+ * files, and shutdown. */
 #include "keeper.h"
 
 #include "../core/coherence.h"
@@ -75,9 +79,13 @@ bool proc_lists_every_lock;
 #define RESERVED_FDS 32
 #define READY_FD 3
 
-/* On SIGTERM: release what no local process holds; a sidecar still backing a
- * live local lock stays (the lock is real), for a later keeper to manage. */
-static void shut_down(void)
+/* How long the keeper waits at exit for its share threads to release. */
+#define SHUTDOWN_PATIENCE_NS (5 * NS_PER_SEC)
+
+/* On SIGTERM or idle exit, in each share thread for its own entries:
+ * release what no local process holds; a sidecar still backing a live
+ * local lock stays (the lock is real), for a later keeper to manage. */
+void shut_down_share(void)
 {
 	for (struct conn *c = conns, *next; c != NULL; c = next) {
 		next = c->next;
@@ -237,14 +245,20 @@ static void stop_listening(void)
 
 static int log_fd = -1; /* keeper.log, unless --foreground: stderr */
 
+/* A reopened log takes the old one's descriptor number (dup3 replaces it
+ * atomically): a share thread logging meanwhile never writes to a closed
+ * descriptor, or to one reused for a sidecar. */
 static void open_log_file(void)
 {
 	int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return;
+	if (log_fd >= 0) {
+		dup3(fd, log_fd, O_CLOEXEC);
+		sys_close(fd);
+		return;
+	}
 	log_set_fd(fd);
-	if (log_fd >= 0)
-		sys_close(log_fd);
 	log_fd = fd;
 }
 
@@ -385,9 +399,19 @@ int main(int argc, char **argv)
 	}
 	if (!serving)
 		return 0;
+	if ((err = shares_init()) != 0) {
+		log_error("keeper: cannot make an eventfd: %s", strerror(err));
+		stop_listening();
+		return 1;
+	}
 	next_listen_check = mono_ns() + LISTEN_CHECK_NS;
 	serve();
 	stop_listening();
-	shut_down();
+	for (struct conn *c = conns, *next; c != NULL; c = next) {
+		next = c->next;
+		drop_conn(c);
+	}
+	if (!stop_shares(SHUTDOWN_PATIENCE_NS))
+		_exit(0); /* not exit(): nothing may wait for a thread stuck on a share */
 	return 0;
 }

@@ -1,7 +1,8 @@
 /* The request handlers: acquire (answered at once from a hold, after the
- * protocol otherwise), check, probe and the wait for a turn.  Each reads a
- * request that is already there; what blocks is the step an acquisition
- * may start at once (see entry.c). */
+ * protocol otherwise), probe and the wait for a turn, each run by the
+ * thread of the request's share; and the reading of a request, by the main
+ * thread.  What blocks is the step an acquisition may start at once (see
+ * entry.c), and a probe's look at the sidecar. */
 #include "keeper.h"
 
 #include "../core/coherence.h"
@@ -161,34 +162,42 @@ static void bound_timings(struct keeper_request *req)
 	req->linger_ns = MIN(req->linger_ns, CONFIG_SECONDS_MAX * NS_PER_SEC);
 }
 
-void handle_request(struct conn *c, int64_t now)
+/* The main thread reads each request as soon as it is there, and hands
+ * it to its share's thread: true if c's request is in *req, false if it is
+ * not there yet (c stays) or c was answered or dropped (c is gone). */
+bool read_request(struct conn *c, struct keeper_request *req)
 {
-	struct keeper_request req;
 	/* MSG_TRUNC: the packet's real length, so a request from another
 	 * version of the library can't be taken for ours. */
-	ssize_t n = recv(c->fd, &req, sizeof req, MSG_DONTWAIT | MSG_TRUNC);
+	ssize_t n = recv(c->fd, req, sizeof *req, MSG_DONTWAIT | MSG_TRUNC);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n < (ssize_t)sizeof req.version)
-		return drop_conn(c);
-	if (n != (ssize_t)sizeof req || req.version != KEEPER_PROTO_VERSION)
-		return reply(c, KEEPER_FAILED, EPROTO,
-			     "the running keeper (pid %ld) speaks protocol %d, this library %u: "
-			     "it exits once it holds nothing, or stop it",
-			     (long)getpid(), KEEPER_PROTO_VERSION, req.version);
-	req.sidecar[sizeof req.sidecar - 1] = '\0';
-	req.prefix[sizeof req.prefix - 1] = '\0';
-	bound_timings(&req);
-	c->pid = peer_pid(c->fd);
-	if (req.op == KEEPER_ACQUIRE)
-		return handle_acquire(c, &req, now);
-	if (req.op == KEEPER_CHECK) {
-		check_held(now);
-		return reply(c, KEEPER_DONE, 0, NULL);
+		return false;
+	if (n < (ssize_t)sizeof req->version) {
+		drop_conn(c);
+		return false;
 	}
-	if (req.op == KEEPER_PROBE)
-		return handle_probe(c, &req);
-	if (req.op == KEEPER_WAIT_TURN)
-		return handle_wait_turn(c, &req, now);
+	if (n != (ssize_t)sizeof *req || req->version != KEEPER_PROTO_VERSION) {
+		reply(c, KEEPER_FAILED, EPROTO,
+		      "the running keeper (pid %ld) speaks protocol %d, this library %u: "
+		      "it exits once it holds nothing, or stop it",
+		      (long)getpid(), KEEPER_PROTO_VERSION, req->version);
+		return false;
+	}
+	req->sidecar[sizeof req->sidecar - 1] = '\0';
+	req->prefix[sizeof req->prefix - 1] = '\0';
+	bound_timings(req);
+	c->pid = peer_pid(c->fd);
+	return true;
+}
+
+/* In c's share thread (a check runs in every one: see check_every_share). */
+void handle_request(struct conn *c, const struct keeper_request *req, int64_t now)
+{
+	if (req->op == KEEPER_ACQUIRE)
+		return handle_acquire(c, req, now);
+	if (req->op == KEEPER_PROBE)
+		return handle_probe(c, req);
+	if (req->op == KEEPER_WAIT_TURN)
+		return handle_wait_turn(c, req, now);
 	drop_conn(c);
 }

@@ -56,22 +56,19 @@ static int64_t observe(struct observation **slot, const char *content, size_t le
 	return now - o->since;
 }
 
+/* Did a thread of ours write it (or may it have: see own_token)? */
 static bool holds_token(const char *head, size_t len)
 {
 	size_t first_line = strcspn(head, "\n");
-	for (const struct entry *e = entries; e != NULL; e = e->next)
-		if ((holds_sidecar(e) || e->state == VERIFYING) && first_line < len && strlen(e->hold.token) == first_line &&
-		    memcmp(head, e->hold.token, first_line) == 0)
-			return true;
-	return false;
+	return first_line < len && owns_token(head, first_line);
 }
 
 /* Has pid namespace ns no process left?  Each answer is a scan of every
  * process of the machine: one that found it alive holds for a second. */
 static bool pid_namespace_gone(unsigned long long ns)
 {
-	static unsigned long long alive_ns;
-	static int64_t alive_at;
+	static _Thread_local unsigned long long alive_ns; /* per share thread */
+	static _Thread_local int64_t alive_at;
 	int64_t now = mono_ns();
 	if (ns == alive_ns && now - alive_at < NS_PER_SEC)
 		return false;
@@ -156,7 +153,10 @@ bool break_if_stale(struct entry *e, int64_t now)
 		return false;
 	struct sidecar_hold guard;
 	sidecar_new_token(&guard, e->prefix);
+	if (!own_token(guard.token))
+		return false;
 	int err = sidecar_break(e->hold.path, head, (size_t)n, &guard, &e->holder, e->verify_ns);
+	disown_token(guard.token);
 	if (err == 0) {
 		log_warn("broke stale sidecar %s: %s", e->hold.path, why);
 		if (e->seen != NULL)

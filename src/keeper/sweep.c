@@ -35,7 +35,7 @@
 
 #include <minmax.h>
 
-int64_t next_check = -1; /* when check_held runs next; -1: not scheduled */
+_Thread_local int64_t next_check = -1; /* when check_held runs next; -1: not scheduled */
 
 #define MAX_CHECK_NS (NS_PER_SEC)
 #define MIN_CHECK_NS (5 * NS_PER_MS)

@@ -132,9 +132,10 @@ bool look_for_turn_request(struct entry *e, int64_t now, int64_t look_every)
  * locking in a loop, local processes with gaps between them) would win
  * every race against a host that polls: its request comes first.  So the
  * keeper remembers its last releases, and a run of holds, each taken within
- * two retry intervals of the last release, counts as one turn. */
+ * two retry intervals of the last release, counts as one turn.  Per share
+ * thread, like the entries it outlives: a sidecar is on one share. */
 #define RECENT_RELEASES 16
-static struct recent_release {
+static _Thread_local struct recent_release {
 	uint64_t path_hash; /* 0: unused */
 	int64_t released_at, turn_since, next_want_look;
 } recent[RECENT_RELEASES];
