@@ -85,11 +85,21 @@ static enum walked bad(struct walk *w, const char *why)
 
 static enum walked look(struct walk *w, const char *path)
 {
-	switch (mounts_reach(path, w->dev, w->mnt_id, &w->share_dev)) {
+	uint64_t share_dev;
+	switch (mounts_reach(path, w->dev, w->mnt_id, &share_dev)) {
 	case REACH_OTHER_SHARE:
+		w->share_dev = share_dev;
 		return WALKED_ON_SHARE;
 	case REACH_BUSY:
 		return WALKED_BUSY;
+	case REACH_SHARE_ROOT:
+		/* A share's root is a directory, and the mount table has its
+		 * device: no lstat, so that a lock call on a hung share (most
+		 * managed directories are mount points) reaches the keeper, where
+		 * it can be interrupted and times out, instead of waiting for the
+		 * server in the kernel, where only SIGKILL ends it. */
+		w->st = (struct stat){ .st_mode = S_IFDIR | 0755, .st_dev = share_dev };
+		return WALKED_ON;
 	case REACH_FREE:
 		break;
 	}

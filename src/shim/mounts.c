@@ -408,8 +408,10 @@ enum reach mounts_reach(const char *path, uint64_t dev, int mnt_id, uint64_t *sh
 	__atomic_store_n(&refresher, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&refresh_lock);
 	errno = saved;
-	if (!read || !s.found || !s.share || s.dev == dev || mounts_leads_through(mnt_id, dev, s.dev))
+	if (!read || !s.found || !s.share)
 		return REACH_FREE; /* without a mount table we can't tell: look, as always */
 	*share_dev = s.dev;
-	return REACH_OTHER_SHARE;
+	if (s.dev != dev && !mounts_leads_through(mnt_id, dev, s.dev))
+		return REACH_OTHER_SHARE;
+	return s.best == strlen(path) ? REACH_SHARE_ROOT : REACH_FREE;
 }

@@ -53,6 +53,7 @@ bool mounts_leads_through(int mnt_id, uint64_t dev, uint64_t share_dev);
  * /proc/self/mountinfo (local, no round trip). */
 enum reach {
 	REACH_FREE,        /* a local filesystem, the file's share, or one it lies on */
+	REACH_SHARE_ROOT,  /* the same, where path is a share's mount point: *share_dev */
 	REACH_OTHER_SHARE, /* another share: *share_dev */
 	REACH_BUSY,        /* a signal handler interrupted our own reading: can't tell */
 };
