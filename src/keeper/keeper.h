@@ -235,6 +235,7 @@ void serve_share(void);
 /* shares.c: one thread per share */
 int shares_init(void);
 void hand_over(struct conn *c, const struct keeper_request *req);
+bool share_started(uint64_t dev);
 void check_every_share(struct conn *c);
 int64_t answer_checks(int64_t now);
 void drain_wakeups(int fd);

@@ -160,16 +160,20 @@ static int64_t next_wakeup(int64_t now, int64_t checks_at, int64_t quiet)
 	return at;
 }
 
-/* c's request, once it is there, goes to its share's thread; a check to
- * all of them. */
+/* c's request, once it is there, goes to its share's thread.  A check
+ * that names its file's device (an unlock, a close) goes to that share's
+ * thread alone -- none has nothing to check -- one that doesn't (closefrom)
+ * to all of them. */
 static void route_request(struct conn *c)
 {
 	struct keeper_request req;
 	if (!read_request(c, &req))
 		return;
 	unlink_conn(c);
-	if (req.op == KEEPER_CHECK)
+	if (req.op == KEEPER_CHECK && req.dev == 0)
 		check_every_share(c);
+	else if (req.op == KEEPER_CHECK && !share_started(req.dev))
+		reply(c, KEEPER_DONE, 0, NULL);
 	else
 		hand_over(c, &req);
 }

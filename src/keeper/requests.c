@@ -190,9 +190,20 @@ bool read_request(struct conn *c, struct keeper_request *req)
 	return true;
 }
 
-/* In c's share thread (a check runs in every one: see check_every_share). */
+/* A local lock on this share went away: release what nobody holds now,
+ * before the asker's unlock returns. */
+static void handle_check(struct conn *c, int64_t now)
+{
+	check_held(now);
+	reply(c, KEEPER_DONE, 0, NULL);
+}
+
+/* In c's share thread (a check naming no share runs in every one: see
+ * check_every_share). */
 void handle_request(struct conn *c, const struct keeper_request *req, int64_t now)
 {
+	if (req->op == KEEPER_CHECK)
+		return handle_check(c, now);
 	if (req->op == KEEPER_ACQUIRE)
 		return handle_acquire(c, req, now);
 	if (req->op == KEEPER_PROBE)

@@ -129,6 +129,14 @@ static struct share *start_share(uint64_t dev)
 	return sh;
 }
 
+bool share_started(uint64_t dev)
+{
+	for (struct share *sh = shares; sh != NULL; sh = sh->next)
+		if (sh->dev == dev)
+			return true;
+	return false;
+}
+
 static struct share *share_of(uint64_t dev)
 {
 	for (struct share *sh = shares; sh != NULL; sh = sh->next)

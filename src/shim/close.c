@@ -20,8 +20,9 @@ EXPORT int close(int fd)
 	if (!fdtrack_test(fd))
 		return REAL(close)(fd);
 	fdtrack_clear(fd);
+	uint64_t dev = share_fd_device(fd);
 	int r = REAL(close)(fd);
-	share_check();
+	share_check(dev);
 	return r;
 }
 
@@ -31,8 +32,9 @@ EXPORT int fclose(FILE *stream)
 	if (!fdtrack_test(fd))
 		return REAL(fclose)(stream);
 	fdtrack_clear(fd);
+	uint64_t dev = share_fd_device(fd);
 	int r = REAL(fclose)(stream);
-	share_check();
+	share_check(dev);
 	return r;
 }
 
@@ -52,11 +54,12 @@ static int dup_onto(int oldfd, int newfd, int flags, bool use_dup3)
 	if (!fdtrack_in_use())
 		return use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	bool closes_marked = oldfd != newfd && fdtrack_test(newfd);
+	uint64_t dev = closes_marked ? share_fd_device(newfd) : 0;
 	int r = use_dup3 ? REAL(dup3)(oldfd, newfd, flags) : REAL(dup2)(oldfd, newfd);
 	if (r >= 0)
 		fdtrack_copy(oldfd, newfd);
 	if (closes_marked)
-		share_check();
+		share_check(dev);
 	return r;
 }
 
@@ -88,7 +91,7 @@ EXPORT int close_range(unsigned first, unsigned last, int flags)
 	bool any = unmark_range(first, last);
 	int r = REAL(close_range)(first, last, flags);
 	if (any)
-		share_check();
+		share_check(0); /* whichever shares they were on */
 	return r;
 }
 
@@ -98,5 +101,5 @@ EXPORT void closefrom(int lowfd)
 	bool any = lowfd >= 0 && unmark_range((unsigned)lowfd, ~0U);
 	REAL(closefrom)(lowfd);
 	if (any)
-		share_check();
+		share_check(0);
 }

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <minmax.h>
@@ -174,7 +175,7 @@ int share_lock(const struct lock_call *call, const struct managed_file *mf)
 		 * before this call: the undo is exact. */
 		call->undo(call);
 		if (err == SHARE_NAME_GONE) {
-			share_check();
+			share_check(mf->dev);
 			err = ENOLCK;
 		}
 		if (err == SHARE_YIELD)
@@ -198,7 +199,7 @@ int share_unlock(const struct lock_call *call, const char *what)
 	if (call->take(call) != 0)
 		return -1;
 	log_info("unlocked %s %d (pid %ld)", what, call->fd, (long)getpid());
-	share_check();
+	share_check(share_fd_device(call->fd));
 	return 0;
 }
 
@@ -213,11 +214,24 @@ bool share_held_elsewhere(const struct managed_file *mf)
 	return held;
 }
 
-void share_check(void)
+uint64_t share_fd_device(int fd)
 {
 	int saved = errno;
-	struct keeper_reply rep;
-	int err = ask_keeper(KEEPER_CHECK, NULL, shim_config.timeout_ns, false, &rep);
+	struct statx sx;
+	bool open = statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &sx) == 0;
+	errno = saved;
+	return open ? makedev(sx.stx_dev_major, sx.stx_dev_minor) : 0;
+}
+
+/* The keeper checks only the share named (a thread of its own per share):
+ * an unlock on one share doesn't wait for another, which may hang. */
+void share_check(uint64_t dev)
+{
+	int saved = errno;
+	struct keeper_reply rep = { 0 };
+	struct keeper_request req = new_request(KEEPER_CHECK);
+	req.dev = dev;
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
 	if (err != 0 && err != EINTR && err != ENOENT)
 		log_warn("could not tell the keeper about a released lock: %s", rep.message);
 	errno = saved;

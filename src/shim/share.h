@@ -36,8 +36,13 @@ int share_unlock(const struct lock_call *call, const char *what);
 /* True if another client holds mf's sidecar (F_GETLK's question). */
 bool share_held_elsewhere(const struct managed_file *mf);
 
-/* A managed lock may have ended: returns once the keeper has released
- * every sidecar that no local lock needs.  Preserves errno. */
-void share_check(void);
+/* A managed lock on a file of device dev (0: on any) may have ended:
+ * returns once the keeper has released every sidecar there that no local
+ * lock needs.  Preserves errno. */
+void share_check(uint64_t dev);
+
+/* The device of fd's file, as the client knows it (no round trip to the
+ * share), for share_check; 0 if fd is not open. */
+uint64_t share_fd_device(int fd);
 
 #endif
