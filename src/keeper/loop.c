@@ -1,8 +1,9 @@
 /* The event loops, each as prepare / wait / handle.
  *
  * The main thread's (serve): accept connections, read each one's request,
- * hand it to the thread of its share (shares.c), answer the checks when
- * every share thread has run them, drop silent connections, keep our
+ * hand it to the thread of its share (shares.c), answer the checks that
+ * name no share when every share thread has run them, drop silent
+ * connections, keep our
  * socket, and exit when every thread has been idle a while or at SIGTERM,
  * which is seen only inside its ppoll.  It never touches a share.
  *

@@ -11,8 +11,10 @@
  * under a mutex and an eventfd in the share thread's poll set; the only
  * other things the threads share are the counters below, atomic.
  *
- * Also here: the check a shim asks for after an unlock or close (it names
- * no file, so every share thread runs it), what the main thread needs to
+ * Also here: the check a shim asks for after a closefrom or close_range
+ * (it names no share, so every share thread runs it; an unlock's or a
+ * close's goes to its share's thread alone, see route_request), what the
+ * main thread needs to
  * exit -- whether every thread has been idle -- and shutdown; and the
  * tokens of every thread's sidecars (see own_token). */
 #include "keeper.h"
@@ -163,10 +165,10 @@ void hand_over(struct conn *c, const struct keeper_request *req)
 	wake(sh->wake_fd);
 }
 
-/* A shim asks for a check after an unlock or a close, and waits for it so
- * that the lock is free on every host when its call returns; the request
- * names no file, so every share thread checks its own entries, and c is
- * answered once they all have (answer_checks). */
+/* A shim asks for a check after a lock may have ended, and waits for it so
+ * that the lock is free on every host when its call returns; when the
+ * request names no share (closefrom), every share thread checks its own
+ * entries, and c is answered once they all have (answer_checks). */
 void check_every_share(struct conn *c)
 {
 	struct pending_check *p = malloc(sizeof *p);
