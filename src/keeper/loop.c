@@ -179,6 +179,19 @@ static void route_request(struct conn *c)
 		hand_over(c, &req);
 }
 
+/* A client sends its request right after connecting: by the time we have
+ * accepted, it is mostly there, and a wait in ppoll for it would cost a
+ * wake-up per lock call. */
+static void route_new_connections(size_t room, int64_t now)
+{
+	struct conn *before = conns;
+	accept_connections(room, now);
+	for (struct conn *c = conns, *next; c != before; c = next) {
+		next = c->next;
+		route_request(c);
+	}
+}
+
 void serve(void)
 {
 	int64_t idle_since = mono_ns();
@@ -229,6 +242,6 @@ void serve(void)
 			if (pfd[i].revents != 0)
 				route_request(by_index[i]);
 		if (pfd[0].revents & POLLIN)
-			accept_connections(max_conns - MIN(open_conns, max_conns), now);
+			route_new_connections(max_conns - MIN(open_conns, max_conns), now);
 	}
 }
