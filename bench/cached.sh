@@ -81,14 +81,15 @@ done
 # from the 2nd to the 5th (strace on a keeper of its own).
 IDLE_OPS1='' IDLE_OPS2=''
 if [ "$SMOKE" = 0 ] && [ -n "$HAVE_STRACE" ] && mkdir -m 0700 "$RIG/run-idle"; then
-  strace -y -ttt -e trace=%file,%desc -o "$RIG/idle.trace" \
+  strace -ff -y -ttt -e trace=%file,%desc -o "$RIG/idle.trace" \
     "$KEEPER" --runtime-dir "$RIG/run-idle" --foreground --log-level 3 2>"$RIG/run-idle/keeper.log" &
   IDLE_TRACER=$!
   wait_for_file "$RIG/run-idle/keeper.sock" 10 || fail "traced keeper did not start"
   defaults UUIDLOCK_RUNTIME_DIR=$RIG/run-idle LD_PRELOAD=$SHIM "$LOCKDRV" open:5:"$C1/i" ex:5 un:5 >/dev/null
-  t0=$(awk '{ print $1; exit }' <(tail -n 1 "$RIG/idle.trace"))
+  t0=${EPOCHREALTIME/,/.}   # strace -ttt's clock
   sleep 5.2   # the span being measured
   keeper_gone "$RIG/run-idle"; wait "$IDLE_TRACER"
+  merge_trace "$RIG/idle.trace"
   read -r IDLE_OPS1 IDLE_OPS2 < <(awk -v t0="$t0" -v share="$C1/" '
     index($0, share) && $1 > t0 { if ($1 - t0 <= 1) a++; else if ($1 - t0 <= 5) b++ }
     END { printf "%d %.1f\n", a, b / 4 }' "$RIG/idle.trace")

@@ -115,13 +115,20 @@ done
 
 fi
 
+# merge_trace TRACE: the keeper's threads (one per share) each traced to
+# TRACE.<tid> (strace -ff: whole lines, never split into "<unfinished ...>"
+# and "<... resumed>" by another thread), merged into TRACE in time order.
+merge_trace() {
+  sort -s -n -k1,1 "$1".[0-9]* >"$1" && rm -f "$1".[0-9]*
+}
+
 if [ "$ONLY_CACHED" = 0 ]; then
 # --- 2. on the share --------------------------------------------------------------
 # start_traced_keeper DIR: this host's keeper for runtime dir DIR, under strace
 # (trace in DIR.trace; "holding"/"released" log lines mark the phases).
 start_traced_keeper() {
   [ -n "$HAVE_STRACE" ] && mkdir -m 0700 "$1" || return 1
-  strace -y -ttt -e trace=%file,%desc -o "$1.trace" \
+  strace -ff -y -ttt -e trace=%file,%desc -o "$1.trace" \
     "$KEEPER" --runtime-dir "$1" --foreground --log-level 3 2>"$1/keeper.log" &
   TRACER=$!
   wait_for_file "$1/keeper.sock" 10 || { fail "keeper under strace did not start"; return 1; }
@@ -129,6 +136,7 @@ start_traced_keeper() {
 stop_traced_keeper() { # DIR
   local p; p=$(cat "$1/keeper.pid" 2>/dev/null) && kill -TERM "$p"
   wait "$TRACER"
+  merge_trace "$1.trace"
 }
 # share_ops TRACE : for a keeper trace, prints
 #   "acquires releases acq_calls verify_calls rel_calls acq_ops verify_ops rel_ops looks | first acquire's calls | first release's calls"
