@@ -125,12 +125,14 @@ void tell_holders(const struct entry *e, const char *msg)
 	proclocks_free(&now);
 }
 
-/* Does a process we serve still hold a lock on e's file?  A FLOCK line names
- * the process that took the lock, which may have exited while its open file
- * description lives on elsewhere (`( flock 9; ... ) 9>f`): it asked us, so it
- * counts.  OFD lines name no process (-1): they always count.  Requesters
- * that hold nothing any more are forgotten: a new lock call asks again. */
-static bool locked_locally(struct entry *e, const struct proclocks *locks)
+/* Forgets the requesters of e that hold no lock on its file any more (a
+ * new lock call asks again), and returns whether a process we serve still
+ * holds one.  A FLOCK line names the process that took the lock, which may
+ * have exited while its open file description lives on elsewhere
+ * (`( flock 9; ... ) 9>f`): it asked us, so it counts.  OFD lines name no
+ * process (-1): they always count.  One pass does both: the sweep of
+ * /proc/locks is the costly part. */
+static bool forget_requesters_without_locks(struct entry *e, const struct proclocks *locks)
 {
 	size_t kept = 0;
 	bool held = false;
@@ -204,7 +206,8 @@ void check_held(int64_t now)
 			finish_yielding(e, &locks, now);
 		if (e->state != HELD)
 			continue;
-		if (locked_locally(e, &locks)) {
+		bool still_locked = forget_requesters_without_locks(e, &locks);
+		if (still_locked) {
 			e->handoff_since = 0;
 			interval = MIN(interval, e->retry_ns);
 		} else if (any_lock_on(e, &locks) && hand_off_or_yield(e, now)) {
