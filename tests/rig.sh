@@ -350,9 +350,9 @@ counter_worker() {
   for ((i = 0; i < n; i++)); do
     # shellcheck disable=SC2016 # expanded by the inner sh
     flock "$dir/counter.lk" sh -c '
-      v=$(cat "$1/counter") && [ -n "$v" ] || exit 1
+      v=$(cat "$1/counter") && [ -n "$v" ] || { echo "rig: read [$v] from $1/counter" >&2; exit 1; }
       echo $((v + 1)) >"$1/counter.tmp.$$" && mv -f "$1/counter.tmp.$$" "$1/counter"
-    ' sh "$dir" || { _rig_log "counter_worker $dir: cycle $i failed"; return 1; }
+    ' sh "$dir" || { _rig_log "counter_worker $dir: cycle $i failed (status $?)"; return 1; }
   done
 }
 
