@@ -131,20 +131,23 @@ static struct share *start_share(uint64_t dev)
 	return sh;
 }
 
-bool share_started(uint64_t dev)
-{
-	for (struct share *sh = shares; sh != NULL; sh = sh->next)
-		if (sh->dev == dev)
-			return true;
-	return false;
-}
-
-static struct share *share_of(uint64_t dev)
+static struct share *find_share(uint64_t dev)
 {
 	for (struct share *sh = shares; sh != NULL; sh = sh->next)
 		if (sh->dev == dev)
 			return sh;
-	return start_share(dev);
+	return NULL;
+}
+
+bool share_started(uint64_t dev)
+{
+	return find_share(dev) != NULL;
+}
+
+static struct share *share_of(uint64_t dev)
+{
+	struct share *sh = find_share(dev);
+	return sh != NULL ? sh : start_share(dev);
 }
 
 /* c, out of the main thread's list, goes to the thread of its share. */
