@@ -3,7 +3,8 @@
  * The main thread's (serve): accept connections, read each one's request,
  * hand it to the thread of its share (shares.c), answer the checks that
  * name no share when every share thread has run them, drop silent
- * connections, keep our socket, and exit when every thread has been idle a while or at SIGTERM,
+ * connections, keep our
+ * socket, and exit when every thread has been idle a while or at SIGTERM,
  * which is seen only inside its ppoll.  It never touches a share.
  *
  * A share thread's (serve_share): advance the entries whose time has come

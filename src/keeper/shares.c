@@ -131,23 +131,20 @@ static struct share *start_share(uint64_t dev)
 	return sh;
 }
 
-static struct share *find_share(uint64_t dev)
+bool share_started(uint64_t dev)
 {
 	for (struct share *sh = shares; sh != NULL; sh = sh->next)
 		if (sh->dev == dev)
-			return sh;
-	return NULL;
-}
-
-bool share_started(uint64_t dev)
-{
-	return find_share(dev) != NULL;
+			return true;
+	return false;
 }
 
 static struct share *share_of(uint64_t dev)
 {
-	struct share *sh = find_share(dev);
-	return sh != NULL ? sh : start_share(dev);
+	for (struct share *sh = shares; sh != NULL; sh = sh->next)
+		if (sh->dev == dev)
+			return sh;
+	return start_share(dev);
 }
 
 /* c, out of the main thread's list, goes to the thread of its share. */
