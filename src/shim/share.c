@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <minmax.h>
@@ -41,25 +42,22 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
-static int send_to_keeper(const struct keeper_request *req, struct keeper_reply *rep)
-{
-	*rep = (struct keeper_reply){ 0 };
-	return keeper_call(&shim_config, shim_keeper_program(), req, rep);
-}
-
-/* One request to the keeper about mf's sidecar. */
+/* One request to the keeper, about mf's sidecar (NULL: about none). */
 static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t timeout_ns, bool nonblocking,
 		      struct keeper_reply *rep)
 {
 	struct keeper_request req = new_request(op);
 	req.timeout_ns = timeout_ns;
 	req.nonblocking = nonblocking;
-	req.dev = mf->dev;
-	req.ino = mf->ino;
-	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
-	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-	req.suffix_len = strlen(shim_config.suffix);
-	return send_to_keeper(&req, rep);
+	if (mf != NULL) {
+		req.dev = mf->dev;
+		req.ino = mf->ino;
+		memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
+		memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+		req.suffix_len = strlen(shim_config.suffix);
+	}
+	*rep = (struct keeper_reply){ 0 };
+	return keeper_call(&shim_config, shim_keeper_program(), &req, rep);
 }
 
 static void revalidate_attributes(int fd)
@@ -219,11 +217,10 @@ bool share_held_elsewhere(const struct managed_file *mf)
 uint64_t share_fd_device(int fd)
 {
 	int saved = errno;
-	struct stat st;
-	int mnt_id;
-	bool open = shim_stat_fd(fd, &st, &mnt_id) == 0;
+	struct statx sx;
+	bool open = statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &sx) == 0;
 	errno = saved;
-	return open ? st.st_dev : 0;
+	return open ? makedev(sx.stx_dev_major, sx.stx_dev_minor) : 0;
 }
 
 /* The keeper checks only the share named (a thread of its own per share):
@@ -231,10 +228,10 @@ uint64_t share_fd_device(int fd)
 void share_check(uint64_t dev)
 {
 	int saved = errno;
-	struct keeper_reply rep;
+	struct keeper_reply rep = { 0 };
 	struct keeper_request req = new_request(KEEPER_CHECK);
 	req.dev = dev;
-	int err = send_to_keeper(&req, &rep);
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
 	if (err != 0 && err != EINTR && err != ENOENT)
 		log_warn("could not tell the keeper about a released lock: %s", rep.message);
 	errno = saved;

@@ -128,7 +128,7 @@ static bool below_managed_dir(const char *path)
  * sidecar is fresh).  On an uncached FUSE mount a plain fstat is a GETATTR
  * round trip (20 us on bindfs, a network round trip on sshfs), DONT_SYNC
  * about 1 us. */
-int shim_stat_fd(int fd, struct stat *st, int *mnt_id)
+static int stat_fd(int fd, struct stat *st, int *mnt_id)
 {
 	struct statx sx;
 	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_BASIC_STATS | STATX_MNT_ID, &sx) != 0)
@@ -243,7 +243,7 @@ enum managed managed_lookup(int fd, struct managed_file *mf)
 		return REFUSED;
 	struct stat st;
 	int mnt_id;
-	if (shim_stat_fd(fd, &st, &mnt_id) != 0) {
+	if (stat_fd(fd, &st, &mnt_id) != 0) {
 		if (errno == EBADF)
 			return NOT_MANAGED; /* libc will say EBADF */
 		if (errno == ENOENT) /* FUSE: another client deleted the file */

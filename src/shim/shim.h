@@ -7,7 +7,6 @@
 
 #include <limits.h>
 #include <stdbool.h>
-#include <sys/stat.h>
 #include <stdint.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -39,10 +38,6 @@ enum managed {
 	MANAGED,     /* lock through the sidecar */
 	REFUSED,     /* should be managed but can't be: fail with ENOLCK */
 };
-
-/* fstat as the client knows it, no round trip to the share (see shim.c),
- * plus the descriptor's mount id. */
-int shim_stat_fd(int fd, struct stat *st, int *mnt_id);
 
 /* Decides for a lock call on fd.  Costs a statx of the client's inode, and a
  * readlink only for a descriptor on the same device as a managed directory:
