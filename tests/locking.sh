@@ -50,15 +50,18 @@ container() {
 
 # kill_keeper_and_holder: SIGKILL both, as a crash would, and wait until the
 # keeper is really gone (or a zombie: PID 1 here may not reap orphans).
+# A killed keeper is gone when its keeper.lock is free: the lock belongs to
+# the open file table, which outlives the thread-group leader's zombie while
+# a share thread is still finishing a FUSE request.
 kill_keeper_and_holder() {
   local k i
   k=$(keeper_pid)
   kill -KILL "$k" "$HOLDER"; wait "$HOLDER" 2>/dev/null
   for i in $(seq 500); do
-    [ -r "/proc/$k/stat" ] || return 0
-    case $(awk '{ print $3 }' "/proc/$k/stat" 2>/dev/null) in Z|X|'') return 0 ;; esac
+    flock -n -s "$UUIDLOCK_RUNTIME_DIR/keeper.lock" true && return 0
     sleep 0.01
   done
+  fail "keeper $k still holds its keeper.lock 5 s after SIGKILL"
 }
 
 elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }'; }
