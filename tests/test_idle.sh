@@ -263,6 +263,71 @@ test_lock_calls_on_a_held_file_make_no_share_round_trip() {
   assertEquals "no fstat, no fstatfs" 0 "$(grep -cE '^(newfstatat\(5|fstat\(5|fstatfs\(5)' <<<"$after_open")"
 }
 
+# SQLite's lock calls for one write transaction (rollback journal): the
+# PENDING, SHARED, RESERVED and EXCLUSIVE bytes, a downgrade, the unlocks.
+SQLITE_TXN="setlk:5:r:1073741824:1 setlk:5:r:1073741826:510 setlk:5:u:1073741824:1 setlk:5:w:1073741825:1
+  setlk:5:w:1073741824:1 setlk:5:w:1073741826:510 setlk:5:r:1073741826:510 setlk:5:u:1073741824:2 setlk:5:u:0:0"
+
+# keeper_connections TRACE : how many times the traced process connected to
+# the keeper's socket.
+keeper_connections() { grep -c '^connect(.*keeper[.0-9]*sock' "$1"; }
+
+# A process that holds a lock on a file takes more and drops some without
+# asking the keeper (src/core/grants.h): of a transaction's nine lock calls
+# only the first asks, and the last unlock tells.  (The keeper's own check
+# every retry interval makes the next call ask again: one more at most.)
+test_lock_calls_of_a_process_holding_the_file_skip_the_keeper() {
+  export UUIDLOCK_LINGER=30 UUIDLOCK_RETRY_INTERVAL=1
+  lock_unlock g || fail "start the keeper"
+  # shellcheck disable=SC2086
+  strace -qq -e trace=connect,fcntl -E LD_PRELOAD="$SHIM_PRELOAD" -o "$RIG/trace" \
+    "$LOCKDRV" open:5:"$C1/f" $SQLITE_TXN $SQLITE_TXN $SQLITE_TXN >"$RIG/out" 2>&1
+  assertEquals "every lock call succeeded" "" "$(grep -v ' ok$' "$RIG/out")"
+  assertEquals "the lock calls were made" 27 "$(grep -c '^fcntl(5, F_SETLK,' "$RIG/trace")"
+  local n; n=$(keeper_connections "$RIG/trace")
+  assertTrue "27 lock calls asked the keeper $n times (2 a transaction)" "[ $n -ge 3 ] && [ $n -le 9 ]"
+}
+
+# The cache never outlives the hold: a process holding part of a file whose
+# sidecar was lost (deleted, then taken by another host) asks the keeper
+# for the next part, and finds the file busy.  Our keeper's own check comes
+# only every 5 s and the sidecar was written well within half a lease: only
+# the loss itself voids the grant.
+test_a_lost_hold_grants_nothing_from_the_cache() {
+  export UUIDLOCK_LEASE=3 UUIDLOCK_LINGER=30 UUIDLOCK_RETRY_INTERVAL=5
+  hold open:5:"$C1/f" setlk:5:r:0:1 setlk:5:r:2:1 touch:"$RIG/held" wait:"$RIG/go" setlk:5:w:10:1
+  held
+  rm "$RIG/srv/f$SFX"
+  (UUIDLOCK_RETRY_INTERVAL=0.01 other_host "$LOCKDRV" open:5:"$C2/f" ex:5 touch:"$RIG/held2" wait:"$RIG/go2" \
+    >"$RIG/other.out" 2>&1) &
+  local other=$! i
+  wait_for_file "$RIG/held2" || fail "the other host never locked"
+  for i in $(seq 1000); do grep -q "was lost" "$RIG/hold.err" && break; sleep 0.01; done
+  assertContains "our keeper told the holder" "$(cat "$RIG/hold.err")" "was lost"
+  release_holder
+  assertContains "$(cat "$RIG/hold.out")" "setlk:5:w:10:1 err EAGAIN"
+  touch "$RIG/go2"; wait "$other"
+}
+
+# Nor does it outlive the keeper: half a lease after its last heartbeat a
+# dead keeper's grants count for nothing, and the next lock call gets a new
+# keeper, which takes the sidecar again (a new token), before it returns.
+# (No check of the keeper's, every 5 s, comes in between to void it.)
+test_a_dead_keepers_grant_runs_out() {
+  export UUIDLOCK_LEASE=1 UUIDLOCK_LINGER=30 UUIDLOCK_RETRY_INTERVAL=5
+  hold open:5:"$C1/f" setlk:5:r:0:1 touch:"$RIG/held" wait:"$RIG/go" setlk:5:w:10:1 touch:"$RIG/held2" \
+    wait:"$RIG/go2"
+  held
+  local token; token=$(sidecar_token f)
+  kill -KILL "$(keeper_pid)"
+  sleep 0.6 # the time itself is the condition: over half the 1 s lease since the last heartbeat
+  touch "$RIG/go"
+  wait_for_file "$RIG/held2" 20 || fail "the second lock never came"
+  assertContains "$(cat "$RIG/hold.out")" "setlk:5:w:10:1 ok"
+  assertNotEquals "a new keeper took the sidecar again" "$token" "$(sidecar_token f)"
+  touch "$RIG/go2"; wait "$HOLDER"
+}
+
 # Two long-lived SQLite connections on two hosts, holds cached: every row,
 # the index intact (FACTS.md: 31-35 of 60 rows without the cache drop).
 test_sqlite_long_lived_connections_on_two_hosts_with_cached_holds() {

@@ -185,7 +185,7 @@ static void ask_keeper(const char *file, struct look *l)
 		req.ino = st.st_ino;
 	}
 	struct keeper_reply rep = { 0 };
-	if (keeper_call(&config, "", &req, &rep) == 0 && rep.status == KEEPER_HELD)
+	if (keeper_call(&config, "", &req, &rep, NULL, NULL) == 0 && rep.status == KEEPER_HELD)
 		snprintf(l->keeper_says, sizeof l->keeper_says, "%s", rep.message);
 }
 

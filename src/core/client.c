@@ -225,11 +225,48 @@ static int wait_for_answer(int fd, int64_t deadline)
 	}
 }
 
-int keeper_call(const struct config *c, const char *keeper_program,
-		const struct keeper_request *req, struct keeper_reply *rep)
+/* One packet from the keeper: a reply, and after a HELD one its grant and
+ * maybe a descriptor (SCM_RIGHTS).  Returns the reply's length (0 for
+ * none), or -1 with errno. */
+static ssize_t receive_answer(int fd, struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
+{
+	struct {
+		struct keeper_reply reply;
+		struct keeper_grant grant;
+	} packet;
+	struct iovec iov = { .iov_base = &packet, .iov_len = sizeof packet };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			      .msg_controllen = sizeof control.buf };
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	for (struct cmsghdr *cm = n < 0 ? NULL : CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(int))) {
+			int got;
+			memcpy(&got, CMSG_DATA(cm), sizeof got);
+			if (table_fd != NULL && *table_fd < 0)
+				*table_fd = got;
+			else
+				sys_close(got);
+		}
+	if (n < (ssize_t)sizeof packet.reply)
+		return n < 0 ? -1 : 0;
+	*rep = packet.reply;
+	if (grant != NULL)
+		*grant = n == (ssize_t)sizeof packet ? packet.grant : (struct keeper_grant){ 0 };
+	return (ssize_t)sizeof *rep;
+}
+
+int keeper_call(const struct config *c, const char *keeper_program, const struct keeper_request *req,
+		struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
 {
 	char dir[RUNTIME_DIR_MAX];
 	config_runtime_dir(c, dir);
+	if (table_fd != NULL)
+		*table_fd = -1;
 	/* A keeper that exits (idle) or dies between our connect and its reply
 	 * leaves us an empty read: its state is gone, so asking again is safe. */
 	for (int attempt = 0; attempt < 3; attempt++) {
@@ -246,7 +283,7 @@ int keeper_call(const struct config *c, const char *keeper_program,
 		ssize_t n = -1;
 		int err;
 		while ((err = wait_for_answer(fd, deadline)) == 0) {
-			n = recv(fd, rep, sizeof *rep, 0);
+			n = receive_answer(fd, rep, grant, table_fd);
 			if (n != (ssize_t)sizeof *rep || rep->status != KEEPER_WAITING) {
 				err = n < 0 ? errno : 0;
 				break;

@@ -10,7 +10,7 @@
 #include <limits.h>
 #include <stdint.h>
 
-#define KEEPER_PROTO_VERSION 5
+#define KEEPER_PROTO_VERSION 6
 #define KEEPER_SOCKET_NAME "keeper.sock"
 #define KEEPER_LOCK_NAME "keeper.lock"
 #define KEEPER_PID_NAME "keeper.pid"
@@ -51,6 +51,7 @@ struct keeper_request {
 	int64_t foreign_stale_ns;
 	int64_t linger_ns;
 	uint64_t suffix_len; /* the locked file's path is sidecar less this many bytes */
+	uint64_t grant_table; /* the grant table the library has mapped (0: none; see grants.h) */
 	char prefix[CONFIG_PREFIX_MAX];
 	char sidecar[PATH_MAX];
 };
@@ -61,7 +62,9 @@ struct keeper_request {
  * continuous since a reply that said so (see share_acquire). */
 #define KEEPER_HELD_FRESH 1
 
-/* Never changes, so that any keeper can tell any library what is wrong. */
+/* Never changes, so that any keeper can tell any library what is wrong.
+ * A HELD reply goes on with a struct keeper_grant (src/core/grants.h), and
+ * carries the grant table's descriptor to a library that hasn't mapped it. */
 struct keeper_reply {
 	uint32_t status;
 	int32_t error;

@@ -67,6 +67,40 @@ void drop_conn(struct conn *c)
 	open_conns--;
 }
 
+/* Sends r (and after it, for a HELD reply about e, its grant and if the
+ * client needs it the grant table), then forgets c.  A peer that went away
+ * just misses its answer. */
+static void send_reply(struct conn *c, const struct keeper_reply *r, const struct entry *held)
+{
+	struct {
+		struct keeper_reply reply;
+		struct keeper_grant grant;
+	} packet = { .reply = *r };
+	struct iovec iov = { .iov_base = &packet, .iov_len = sizeof packet.reply };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} control;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	int table_fd = -1;
+	if (held != NULL && (packet.grant = grant_of(held)).table != 0) {
+		iov.iov_len = sizeof packet;
+		table_fd = grant_table_fd_for(c->grant_table);
+	}
+	if (table_fd >= 0) {
+		memset(&control, 0, sizeof control);
+		msg.msg_control = control.buf;
+		msg.msg_controllen = sizeof control.buf;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &table_fd, sizeof table_fd);
+	}
+	sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+	drop_conn(c);
+}
+
 __attribute__((format(printf, 4, 5)))
 void reply(struct conn *c, enum keeper_status status, int error, const char *fmt, ...)
 {
@@ -77,9 +111,15 @@ void reply(struct conn *c, enum keeper_status status, int error, const char *fmt
 		vsnprintf(r.message, sizeof r.message, fmt, ap);
 		va_end(ap);
 	}
-	/* A peer that went away just misses its answer. */
-	send(c->fd, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
-	drop_conn(c);
+	send_reply(c, &r, NULL);
+}
+
+/* Grants e to c's process: HELD, with the grant that lets its next lock
+ * calls on the file skip us while we don't look (src/core/grants.h). */
+void reply_held(struct conn *c, struct entry *e, int error)
+{
+	grant(e, c->pid);
+	send_reply(c, &(struct keeper_reply){ .status = KEEPER_HELD, .error = error }, e);
 }
 
 unsigned count_waiters(const struct entry *e)
@@ -99,8 +139,9 @@ void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_status st
 		if (c->entry != e || (!c->nonblocking && only_nonblocking))
 			continue;
 		if (status == KEEPER_HELD)
-			grant(e, c->pid);
-		reply(c, status, error, "%s", message);
+			reply_held(c, e, error);
+		else
+			reply(c, status, error, "%s", message);
 	}
 }
 

@@ -63,6 +63,7 @@ void free_entry(struct entry *e)
 	if (e->hold.token[0] != '\0')
 		disown_token(e->hold.token);
 	forget_observations(e);
+	grant_slot_close(e->slot);
 	free(e->requesters);
 	free(e);
 }
@@ -290,7 +291,7 @@ void step_waiting(struct entry *e, int64_t now)
 		sidecar_release(&e->hold); /* ours, wherever the name leads now */
 		return give_up_unmounted(e);
 	}
-	e->written_at_boot = boot_ns();
+	wrote_sidecar(e, boot_ns());
 	start_verifying(e, now);
 }
 
@@ -333,6 +334,22 @@ bool has_steps(const struct entry *e)
 	return !holds_sidecar(e) || e->state == IDLE;
 }
 
+/* Until when no other host can have broken the sidecar: half a lease after
+ * our last write to it (see sidecar.c, "Cached holds").  Idle holds are
+ * resumed from memory, and lock calls skip us (grants.h), only before it. */
+int64_t surely_ours_until(const struct entry *e)
+{
+	return e->written_at_boot + e->holder.lease_ns / 2;
+}
+
+/* We wrote the sidecar (created it, or a heartbeat found it ours) at `at`,
+ * on CLOCK_BOOTTIME. */
+void wrote_sidecar(struct entry *e, int64_t at)
+{
+	e->written_at_boot = at;
+	grant_slot_vouch(e->slot, surely_ours_until(e));
+}
+
 /* How many heartbeats in a row may fail before the lock counts as lost:
  * other hosts break it a lease (3 beats) after the last one that worked,
  * so the holders hear of it a beat before that can happen. */
@@ -356,7 +373,7 @@ void heartbeat(struct entry *e, int64_t now)
 	int64_t at = boot_ns();
 	int err = sidecar_heartbeat(&e->hold, ++e->beats);
 	if (err == 0) {
-		e->written_at_boot = at;
+		wrote_sidecar(e, at);
 		e->failed_beats = 0;
 		return;
 	}
@@ -435,6 +452,7 @@ struct entry *new_entry(const struct keeper_request *req, int64_t now)
 	e->holder.lease_ns = MAX(req->lease_ns, NS_PER_SEC / 10);
 	e->linger_ns = may_linger ? req->linger_ns : 0;
 	name_locked_file(e, req);
+	e->slot = grant_slot_open();
 	e->next = entries;
 	entries = e;
 	return e;

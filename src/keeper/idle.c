@@ -90,7 +90,7 @@ void linger_or_release(struct entry *e, int64_t now)
  * have broken it since?  See sidecar.c, "Cached holds". */
 static bool written_lately(const struct entry *e)
 {
-	return boot_ns() - e->written_at_boot < e->holder.lease_ns / 2;
+	return boot_ns() < surely_ours_until(e);
 }
 
 /* A local process asks for an idle hold: answer from memory only if the
@@ -112,7 +112,7 @@ void resume_idle_hold(struct entry *e, int64_t now)
 			e->next_step = now;
 			return;
 		}
-		e->written_at_boot = at;
+		wrote_sidecar(e, at);
 		e->next_beat = now + e->holder.lease_ns / 3;
 	}
 	e->state = HELD;

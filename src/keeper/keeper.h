@@ -5,6 +5,7 @@
 #ifndef UUIDLOCK_KEEPER_H
 #define UUIDLOCK_KEEPER_H
 
+#include "../core/grants.h"
 #include "../core/keeper_proto.h"
 #include "../core/proclocks.h"
 #include "../core/sidecar.h"
@@ -107,6 +108,8 @@ struct entry {
 	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
 	 * and since when, on our monotonic clock.  Allocated when first needed
 	 * and freed once held: a host holding many sidecars doesn't carry them. */
+	/* Its slot in the grant table (src/core/grants.h), GRANT_NO_SLOT if none. */
+	uint32_t slot;
 	struct observation {
 		size_t len;
 		int64_t since;
@@ -122,6 +125,7 @@ struct conn {
 	bool turn_only; /* KEEPER_WAIT_TURN: holds no kernel lock */
 	struct entry *entry; /* what it waits for, once its request is read */
 	bool nonblocking;
+	uint64_t grant_table; /* the grant table the client has mapped (0: none) */
 	int64_t deadline; /* < 0: none */
 	int64_t say_waiting_at; /* < 0: said, or nothing to say */
 	int64_t accepted_at;
@@ -172,6 +176,8 @@ void step_watching(struct entry *e, int64_t now);
 void step(struct entry *e, int64_t now);
 bool holds_sidecar(const struct entry *e);
 bool has_steps(const struct entry *e);
+int64_t surely_ours_until(const struct entry *e);
+void wrote_sidecar(struct entry *e, int64_t at);
 void heartbeat(struct entry *e, int64_t now);
 int release_sidecar(struct entry *e, const char *purpose);
 void release(struct entry *e);
@@ -184,6 +190,7 @@ void unlink_conn(struct conn *c);
 void drop_conn(struct conn *c);
 __attribute__((format(printf, 4, 5)))
 void reply(struct conn *c, enum keeper_status status, int error, const char *fmt, ...);
+void reply_held(struct conn *c, struct entry *e, int error);
 unsigned count_waiters(const struct entry *e);
 void reply_waiters(struct entry *e, bool only_nonblocking, enum keeper_status status, int error,
 		   const char *message);
@@ -251,6 +258,15 @@ bool stop_shares(int64_t patience_ns);
 bool own_token(const char *token);
 void disown_token(const char *token);
 bool owns_token(const char *line, size_t len);
+
+/* grants.c: the grant table (src/core/grants.h) */
+int grants_init(void);
+uint32_t grant_slot_open(void);
+void grant_slot_close(uint32_t slot);
+void grants_before_looking_at_locks(void);
+void grant_slot_vouch(uint32_t slot, int64_t until);
+struct keeper_grant grant_of(const struct entry *e);
+int grant_table_fd_for(uint64_t has);
 
 /* main.c: start-up and shutdown */
 void keep_listening(int64_t now);

@@ -404,6 +404,8 @@ int main(int argc, char **argv)
 		stop_listening();
 		return 1;
 	}
+	if ((err = grants_init()) != 0) /* not fatal: every lock call asks us */
+		log_warn("keeper: no grant table (%s): each lock call will ask the keeper", strerror(err));
 	next_listen_check = mono_ns() + LISTEN_CHECK_NS;
 	serve();
 	stop_listening();

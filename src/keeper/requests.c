@@ -47,10 +47,8 @@ static void answer_while_held(struct conn *c, struct entry *e, const struct keep
 		log_info("another client waits for %s: giving it up after the local holders", e->hold.path);
 		e->state = YIELDING;
 	}
-	if (granted || e->state != YIELDING || !may_send_away(e)) {
-		grant(e, c->pid);
-		return reply(c, KEEPER_HELD, 0, NULL);
-	}
+	if (granted || e->state != YIELDING || !may_send_away(e))
+		return reply_held(c, e, 0);
 	if (req->nonblocking)
 		return reply(c, KEEPER_BUSY, EWOULDBLOCK,
 			     "%s is held by this host, which is giving it to another client", req->sidecar);
@@ -187,6 +185,7 @@ bool read_request(struct conn *c, struct keeper_request *req)
 	req->prefix[sizeof req->prefix - 1] = '\0';
 	bound_timings(req);
 	c->pid = peer_pid(c->fd);
+	c->grant_table = req->grant_table;
 	return true;
 }
 

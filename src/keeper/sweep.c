@@ -54,6 +54,7 @@ void schedule_check(int64_t now, int64_t interval)
  * Only a held file with no line at all costs that scan of our processes. */
 int load_locks(struct proclocks *locks)
 {
+	grants_before_looking_at_locks(); /* what we decide from here on, no client may skip */
 	int err = proclocks_load(locks);
 	if (err != 0 || proc_lists_every_lock)
 		return err;

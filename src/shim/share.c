@@ -1,13 +1,16 @@
 #include "share.h"
 
 #include "fdtrack.h"
+#include "grantcache.h"
 
 #include "../core/client.h"
 #include "../core/log.h"
+#include "../core/sys.h"
 #include "../core/timeutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -42,13 +45,16 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
-/* One request to the keeper, about mf's sidecar (NULL: about none). */
+/* One request to the keeper, about mf's sidecar (NULL: about none).  A
+ * grant that comes with a HELD reply goes to *grant and the cache's table
+ * descriptor to *table_fd (both may be NULL: not wanted). */
 static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t timeout_ns, bool nonblocking,
-		      struct keeper_reply *rep)
+		      struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
 {
 	struct keeper_request req = new_request(op);
 	req.timeout_ns = timeout_ns;
 	req.nonblocking = nonblocking;
+	req.grant_table = table_fd != NULL ? grantcache_table() : 0;
 	if (mf != NULL) {
 		req.dev = mf->dev;
 		req.ino = mf->ino;
@@ -57,7 +63,7 @@ static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t 
 		req.suffix_len = strlen(shim_config.suffix);
 	}
 	*rep = (struct keeper_reply){ 0 };
-	return keeper_call(&shim_config, shim_keeper_program(), &req, rep);
+	return keeper_call(&shim_config, shim_keeper_program(), &req, rep, grant, table_fd);
 }
 
 static void revalidate_attributes(int fd)
@@ -103,7 +109,10 @@ static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking
 {
 	int saved_errno = errno; /* a lock call that succeeds leaves errno as it was */
 	struct keeper_reply rep;
-	int err = ask_keeper(KEEPER_ACQUIRE, mf, time_left(deadline), nonblocking, &rep);
+	struct keeper_grant grant;
+	int table_fd;
+	int err = ask_keeper(KEEPER_ACQUIRE, mf, time_left(deadline), nonblocking, &rep, &grant, &table_fd);
+	grantcache_take_table(table_fd);
 	if (err == EINTR)
 		return EINTR;
 	if (err != 0) {
@@ -115,6 +124,7 @@ static int share_acquire(int fd, const struct managed_file *mf, bool nonblocking
 		*fresh = *fresh || (rep.error & KEEPER_HELD_FRESH) != 0;
 		if (*fresh && !fresh_hold_ok(fd, mf))
 			return SHARE_NAME_GONE;
+		grantcache_remember(mf, &grant); /* once checked: see granted_already */
 		log_info("locked %s (pid %ld)", mf->sidecar, (long)getpid());
 		fdtrack_set(fd);
 		errno = saved_errno;
@@ -139,7 +149,7 @@ static int share_wait_turn(const struct managed_file *mf, int64_t deadline, bool
 {
 	int saved_errno = errno; /* the lock call may still succeed */
 	struct keeper_reply rep;
-	int err = ask_keeper(KEEPER_WAIT_TURN, mf, time_left(deadline), false, &rep);
+	int err = ask_keeper(KEEPER_WAIT_TURN, mf, time_left(deadline), false, &rep, NULL, NULL);
 	if (err == EINTR)
 		return EINTR;
 	if (err == ENOENT) {
@@ -159,6 +169,21 @@ static int share_wait_turn(const struct managed_file *mf, int64_t deadline, bool
 	return ENOLCK;
 }
 
+/* After the kernel granted a lock on mf: if the keeper's last grant to this
+ * process still covers it (src/core/grants.h), the call is done without a
+ * keeper call.  Only grants from an acquisition are cached, after a fresh
+ * hold was checked (fresh_hold_ok), so nothing a fresh hold needs is
+ * skipped.  SQLite makes about a dozen lock calls per transaction, all on
+ * a file it holds after the first. */
+static bool granted_already(int fd, const struct managed_file *mf)
+{
+	if (!grantcache_covers(mf))
+		return false;
+	log_info("locked %s (pid %ld, granted already)", mf->sidecar, (long)getpid());
+	fdtrack_set(fd);
+	return true;
+}
+
 int share_lock(const struct lock_call *call, const struct managed_file *mf)
 {
 	int64_t deadline = share_deadline();
@@ -166,6 +191,8 @@ int share_lock(const struct lock_call *call, const struct managed_file *mf)
 	for (;;) {
 		if (call->take(call) != 0)
 			return -1; /* exactly the kernel's errno */
+		if (!fresh && granted_already(call->fd, mf))
+			return 0;
 		int err = share_acquire(call->fd, mf, call->nonblocking, deadline, &fresh);
 		if (err == 0)
 			return 0;
@@ -187,6 +214,29 @@ int share_lock(const struct lock_call *call, const struct managed_file *mf)
 	}
 }
 
+/* Does this process still hold a lock taken through fd's open file
+ * description (SQLite unlocks one byte range of several)?  Then the keeper
+ * would find the file locked by a process it granted and change nothing: no
+ * need to ask it.  /proc/self/fdinfo lists exactly those locks (POSIX ones of
+ * this process, flock and OFD ones of the description); a lock through
+ * another descriptor of the file isn't listed, and the keeper is asked.
+ * Local, no share I/O.  Can't look: false (ask). */
+static bool still_locked_through(int fd)
+{
+	int saved = errno;
+	char path[64], buf[4096];
+	snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+	int info = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = info < 0 ? -1 : read(info, buf, sizeof buf - 1);
+	if (info >= 0)
+		sys_close(info);
+	errno = saved;
+	if (n <= 0)
+		return false;
+	buf[n] = '\0';
+	return strstr(buf, "\nlock:") != NULL;
+}
+
 /* Let the kernel unlock, let the keeper release what nobody holds now.  No
  * fsync (a round trip to the share): the keeper flushes the file by path
  * before the sidecar can go to another host (src/core/coherence.h), as it
@@ -199,7 +249,8 @@ int share_unlock(const struct lock_call *call, const char *what)
 	if (call->take(call) != 0)
 		return -1;
 	log_info("unlocked %s %d (pid %ld)", what, call->fd, (long)getpid());
-	share_check(share_fd_device(call->fd));
+	if (!still_locked_through(call->fd))
+		share_check(share_fd_device(call->fd));
 	return 0;
 }
 
@@ -207,7 +258,7 @@ bool share_held_elsewhere(const struct managed_file *mf)
 {
 	int saved_errno = errno;
 	struct keeper_reply rep;
-	int err = ask_keeper(KEEPER_PROBE, mf, shim_config.timeout_ns, false, &rep);
+	int err = ask_keeper(KEEPER_PROBE, mf, shim_config.timeout_ns, false, &rep, NULL, NULL);
 	/* No keeper: this host holds nothing, so any sidecar is someone else's. */
 	bool held = err == 0 ? rep.status == KEEPER_BUSY : access(mf->sidecar, F_OK) == 0;
 	errno = saved_errno;
@@ -231,7 +282,7 @@ void share_check(uint64_t dev)
 	struct keeper_reply rep = { 0 };
 	struct keeper_request req = new_request(KEEPER_CHECK);
 	req.dev = dev;
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep);
+	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep, NULL, NULL);
 	if (err != 0 && err != EINTR && err != ENOENT)
 		log_warn("could not tell the keeper about a released lock: %s", rep.message);
 	errno = saved;
