@@ -90,6 +90,9 @@
  * stops; another host's clocks don't).  A keeper in a container's pid
  * namespace keeps no idle holds: the kernel kills it with the container,
  * and a sidecar it never released would cost every other host a lease.
+ * The same half lease bounds the grants a process may trust without asking
+ * the keeper (src/core/grants.h): a keeper that died or was stopped stops
+ * vouching for its sidecars before any host can break them.
  *
  * This file does the steps; the keeper (src/keeper) sequences them in time,
  * because a host's sidecar must outlive the processes that asked for it. */
