@@ -54,7 +54,7 @@ static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t 
 	struct keeper_request req = new_request(op);
 	req.timeout_ns = timeout_ns;
 	req.nonblocking = nonblocking;
-	req.grant_table = table_fd != NULL ? grantcache_table() : 0;
+	req.grant_table = grantcache_table(); /* the keeper sends its table to a process without it */
 	if (mf != NULL) {
 		req.dev = mf->dev;
 		req.ino = mf->ino;
