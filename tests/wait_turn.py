@@ -25,10 +25,10 @@ ms = 1000000
 # names the file's, as the shim's do (the sidecar's directory is on it).
 dev = os.stat(os.path.dirname(sidecar)).st_dev
 # version op nonblocking pid dev ino verify retry timeout lease foreign linger
-# suffix_len prefix sidecar
-request = struct.pack("=IIIiQQqqqqqqQ%ds%ds" % (prefix_max, os.pathconf("/", "PC_PATH_MAX")),
+# suffix_len grant_table prefix sidecar
+request = struct.pack("=IIIiQQqqqqqqQQ%ds%ds" % (prefix_max, os.pathconf("/", "PC_PATH_MAX")),
                       version, 4, 0, os.getpid(), dev, 0, 10 * ms, 10 * ms, -1, 30000 * ms, -1, 0,
-                      0, b"", sidecar.encode())
+                      0, 0, b"", sidecar.encode())
 s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 s.connect(os.path.join(rundir, "keeper.sock"))
 s.send(request)
