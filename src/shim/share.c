@@ -45,9 +45,10 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
-/* One request to the keeper, about mf's sidecar (NULL: about none).  A
- * grant that comes with a HELD reply goes to *grant and the cache's table
- * descriptor to *table_fd (both may be NULL: not wanted). */
+/* One request to the keeper, about mf's sidecar (NULL: about none).  The
+ * grant that comes with a HELD reply goes to *grant, the grant table's
+ * descriptor if the keeper sent it to *table_fd (both may be NULL: not
+ * wanted). */
 static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t timeout_ns, bool nonblocking,
 		      struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
 {
@@ -173,8 +174,8 @@ static int share_wait_turn(const struct managed_file *mf, int64_t deadline, bool
  * process still covers it (src/core/grants.h), the call is done without a
  * keeper call.  Only grants from an acquisition are cached, after a fresh
  * hold was checked (fresh_hold_ok), so nothing a fresh hold needs is
- * skipped.  SQLite makes about a dozen lock calls per transaction, all on
- * a file it holds after the first. */
+ * skipped.  SQLite makes nine lock calls on the database per write
+ * transaction, all but the first on a file it holds. */
 static bool granted_already(int fd, const struct managed_file *mf)
 {
 	if (!grantcache_covers(mf))

@@ -29,7 +29,8 @@ struct lock_call {
 int share_lock(const struct lock_call *call, const struct managed_file *mf);
 
 /* An unlock (call->take is the kernel's unlock): unlock, and return
- * once the keeper has released what nobody holds now.  No need to know which
+ * once the keeper has released what nobody holds now -- at once if the
+ * descriptor still holds a lock of this process's.  No need to know which
  * file it is.  what names it in the log ("descriptor"). */
 int share_unlock(const struct lock_call *call, const char *what);
 
