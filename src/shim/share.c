@@ -45,26 +45,30 @@ static struct keeper_request new_request(enum keeper_op op)
 	};
 }
 
-/* One request to the keeper, about mf's sidecar (NULL: about none).  The
- * grant that comes with a HELD reply goes to *grant, the grant table's
- * descriptor if the keeper sent it to *table_fd (both may be NULL: not
- * wanted). */
+/* Every request goes to the keeper through here.  The grant that comes
+ * with a HELD reply goes to *grant, the grant table's descriptor if the
+ * keeper sent it to *table_fd (both may be NULL: not wanted). */
+static int send_request(struct keeper_request *req, struct keeper_reply *rep, struct keeper_grant *grant,
+			int *table_fd)
+{
+	req->grant_table = grantcache_table(); /* the keeper sends its table to a process without it */
+	*rep = (struct keeper_reply){ 0 };
+	return keeper_call(&shim_config, shim_keeper_program(), req, rep, grant, table_fd);
+}
+
+/* One request to the keeper about mf's sidecar. */
 static int ask_keeper(enum keeper_op op, const struct managed_file *mf, int64_t timeout_ns, bool nonblocking,
 		      struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
 {
 	struct keeper_request req = new_request(op);
 	req.timeout_ns = timeout_ns;
 	req.nonblocking = nonblocking;
-	req.grant_table = grantcache_table(); /* the keeper sends its table to a process without it */
-	if (mf != NULL) {
-		req.dev = mf->dev;
-		req.ino = mf->ino;
-		memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
-		memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
-		req.suffix_len = strlen(shim_config.suffix);
-	}
-	*rep = (struct keeper_reply){ 0 };
-	return keeper_call(&shim_config, shim_keeper_program(), &req, rep, grant, table_fd);
+	req.dev = mf->dev;
+	req.ino = mf->ino;
+	memcpy(req.prefix, shim_config.prefix, sizeof req.prefix);
+	memcpy(req.sidecar, mf->sidecar, sizeof req.sidecar);
+	req.suffix_len = strlen(shim_config.suffix);
+	return send_request(&req, rep, grant, table_fd);
 }
 
 static void revalidate_attributes(int fd)
@@ -280,10 +284,10 @@ uint64_t share_fd_device(int fd)
 void share_check(uint64_t dev)
 {
 	int saved = errno;
-	struct keeper_reply rep = { 0 };
+	struct keeper_reply rep;
 	struct keeper_request req = new_request(KEEPER_CHECK);
 	req.dev = dev;
-	int err = keeper_call(&shim_config, shim_keeper_program(), &req, &rep, NULL, NULL);
+	int err = send_request(&req, &rep, NULL, NULL);
 	if (err != 0 && err != EINTR && err != ENOENT)
 		log_warn("could not tell the keeper about a released lock: %s", rep.message);
 	errno = saved;
