@@ -82,6 +82,30 @@ test_keeper_leaves_the_working_directory() {
   assertEquals "unmounting the share with the keeper alive: $(cat "$RIG/err")" 0 $?
 }
 
+# The grant table the keeper shares with its clients (src/core/grants.h)
+# tells them when they may skip it: no client may write it, not even
+# through the keeper's own descriptor.
+test_the_grant_table_is_read_only_to_clients() {
+  shimmed "$LOCKDRV" open:5:"$C1/f" setlk:5:w:0:1 setlk:5:u:0:0 >/dev/null || fail "lock"
+  local k fd; k=$(keeper_pid)
+  fd=$(find "/proc/$k/fd" -lname '/memfd:uuidlock-grants*' -printf '%f\n' | head -n 1)
+  assertNotEquals "the keeper has a grant table" "" "$fd"
+  assertEquals "write: EPERM, writable mapping: EPERM, read-only mapping: ok" "EPERM EPERM ok" "$(python3 - "/proc/$k/fd/$fd" <<'PY'
+import errno, mmap, os, sys
+f = os.open(sys.argv[1], os.O_RDWR)
+def attempt(what):
+    try:
+        what()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(attempt(lambda: os.write(f, b"x")),
+      attempt(lambda: mmap.mmap(f, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)),
+      attempt(lambda: mmap.mmap(f, 4096, mmap.MAP_SHARED, mmap.PROT_READ)))
+PY
+)"
+}
+
 test_keeper_raises_its_descriptor_limit() {
   (ulimit -S -n 64 && shimmed flock "$C1/f" true) || fail "lock with a soft limit of 64"
   local soft hard
