@@ -90,8 +90,7 @@ void grant_slot_vouch(uint32_t slot, int64_t until)
 		__atomic_store_n(&table->slot[slot].valid_until_boot, until, __ATOMIC_SEQ_CST);
 }
 
-/* What a HELD reply about e says, and whether the client needs the table
- * (its request named another instance, or none). */
+/* What a HELD reply about e says: the slot and its seq now (0s: no slot). */
 struct keeper_grant grant_of(const struct entry *e)
 {
 	if (e->slot >= GRANT_SLOTS)
