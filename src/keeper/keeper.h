@@ -105,11 +105,11 @@ struct entry {
 	int64_t next_beat;
 	unsigned long long beats;
 	unsigned failed_beats;
+	/* Its slot in the grant table (src/core/grants.h), GRANT_NO_SLOT if none. */
+	uint32_t slot;
 	/* WAITING: what the other holder's sidecar (and a breaker's guard) said,
 	 * and since when, on our monotonic clock.  Allocated when first needed
 	 * and freed once held: a host holding many sidecars doesn't carry them. */
-	/* Its slot in the grant table (src/core/grants.h), GRANT_NO_SLOT if none. */
-	uint32_t slot;
 	struct observation {
 		size_t len;
 		int64_t since;

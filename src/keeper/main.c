@@ -13,7 +13,9 @@
  *     (`( flock 9; ... ) 9>f`, exec, fork) keeps its sidecar, and one whose
  *     holders all died loses it, without any code running in them;
  *   - break: a sidecar whose holder is provably gone (stale.c);
- *   - turns: hosts take turns when more than one wants F (turns.c).
+ *   - turns: hosts take turns when more than one wants F (turns.c);
+ *   - vouch: a read-only table tells the processes it granted F whether
+ *     their next lock calls on F may skip asking (grants.c, core/grants.h).
  * One keeper per runtime directory (per user) and pid namespace, started on
  * demand by the shim, exits after a while with nothing to hold.
  * One thread per share, and a main thread that touches no share (loop.c,
