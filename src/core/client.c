@@ -230,10 +230,7 @@ static int wait_for_answer(int fd, int64_t deadline)
  * none), or -1 with errno. */
 static ssize_t receive_answer(int fd, struct keeper_reply *rep, struct keeper_grant *grant, int *table_fd)
 {
-	struct {
-		struct keeper_reply reply;
-		struct keeper_grant grant;
-	} packet;
+	struct keeper_held_packet packet;
 	struct iovec iov = { .iov_base = &packet, .iov_len = sizeof packet };
 	union {
 		struct cmsghdr align;

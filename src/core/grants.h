@@ -1,6 +1,6 @@
 /* The grant table: what lets a lock call on a file its process holds
- * already skip the keeper (SQLite makes a dozen lock calls per transaction
- * on one file, each a round trip to the keeper otherwise).
+ * already skip the keeper (SQLite makes nine lock calls on the database per
+ * write transaction, each a round trip to the keeper otherwise).
  *
  * The keeper shares this table with its clients, read-only (a sealed memfd
  * it passes with a HELD reply to a library that hasn't mapped it).  One slot
@@ -30,6 +30,7 @@
 #ifndef UUIDLOCK_GRANTS_H
 #define UUIDLOCK_GRANTS_H
 
+#include "keeper_proto.h"
 #include "timeutil.h"
 
 #include <stdbool.h>
@@ -56,6 +57,13 @@ struct keeper_grant {
 	uint32_t slot;
 	uint32_t reserved;
 	uint64_t seq;
+};
+
+/* The packet of a HELD reply: the reply every keeper and library agree on,
+ * then the grant.  Other replies are the struct keeper_reply alone. */
+struct keeper_held_packet {
+	struct keeper_reply reply;
+	struct keeper_grant grant;
 };
 
 /* Is a grant the keeper made (slot, seq) still good, right after the

@@ -72,10 +72,7 @@ void drop_conn(struct conn *c)
  * just misses its answer. */
 static void send_reply(struct conn *c, const struct keeper_reply *r, const struct entry *held)
 {
-	struct {
-		struct keeper_reply reply;
-		struct keeper_grant grant;
-	} packet = { .reply = *r };
+	struct keeper_held_packet packet = { .reply = *r };
 	struct iovec iov = { .iov_base = &packet, .iov_len = sizeof packet.reply };
 	union {
 		struct cmsghdr align;
